@@ -1,0 +1,10 @@
+"""mindcv-xception: the paper's Xception as a MindSpore / MindCV model plugin.
+
+Importing the package registers ``xception`` and ``xception_small`` in mindcv's model registry.
+"""
+from .models import default_cfgs, xception, xception_small
+from .network import XCEPTION_SMALL_WIDTHS, XCEPTION_WIDTHS, BlockSpec, Xception, XceptionWidths, xception_blocks
+
+__version__ = "0.1.0"
+__all__ = ["Xception", "XceptionWidths", "BlockSpec", "xception_blocks", "XCEPTION_WIDTHS",
+           "XCEPTION_SMALL_WIDTHS", "xception", "xception_small", "default_cfgs"]
