@@ -18,3 +18,46 @@ def images(batch: int, size: int, channels: int = 3, seed: int = 0) -> ms.Tensor
     """A batch of random images scaled like the Keras preprocessing, in [-1, 1]."""
     rng = np.random.default_rng(seed)
     return ms.Tensor(rng.uniform(-1, 1, (batch, channels, size, size)).astype(np.float32))
+
+
+# ---- real data and script runs, shared by the training, resume and distributed tests ----
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_RECIPE = os.path.join(REPO, "configs", "xception", "xception_cpu.yaml")
+# a quick version of the CPU recipe: a shallow middle flow, small batches, one loader thread
+QUICK = ["--middle_depth", "1", "--batch_size", "8", "--num_parallel_workers", "1", "--log_interval", "5"]
+
+
+def strip_noise(text: str) -> str:
+    """Drop MindSpore 2.10's 'Exception ignored in Cell.__del__' blocks printed at exit (known noise)."""
+    out, skip = [], 0
+    for line in text.splitlines():
+        if line.startswith("Exception ignored in: <function Cell.__del__"):
+            skip = 3
+            continue
+        if skip:
+            skip -= 1
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def run_script(args, timeout=900, env=None):
+    """Run a repo script (or module) with this interpreter; returns (returncode, stdout, stderr) without noise."""
+    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    return proc.returncode, strip_noise(proc.stdout), strip_noise(proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """scikit-learn's digits as an image folder: 20 per class (16 train, 4 val), 72 px."""
+    from mindcv_xception.digits import make_digits_folder
+
+    out = str(tmp_path_factory.mktemp("digits"))
+    make_digits_folder(out, size=72, val_fraction=0.2, per_class=20)
+    return out

@@ -1,0 +1,110 @@
+"""Full-state training checkpoints: atomic writes, retention rebuilt from disk, safe resume.
+
+One file per save holds everything a run needs: the training cell's parameters (network, BatchNorm
+statistics, optimizer momentum, global step and per-step learning rates, EMA weights and update
+counter, loss scale) plus a metadata record (epoch, step, best metric, config hash, class names).
+Files are written to a temporary name and renamed, so a crash or ``kill -9`` mid-write leaves the
+previous checkpoints intact; ``last.ckpt`` and ``best.ckpt`` are hard links to epoch files.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import mindspore as ms
+from mindspore import nn
+
+from .loading import META_KEY, CheckpointError, checkpoint_meta, read_checkpoint
+
+logger = logging.getLogger(__name__)
+_EPOCH_FILE = re.compile(r"-e(\d{4,})\.ckpt$")
+
+
+def write_atomic(cell: nn.Cell, path: str, meta: Dict[str, object]) -> None:
+    """Save ``cell``'s parameters and ``meta`` to ``path`` via a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        ms.save_checkpoint(cell, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _link_atomic(target: str, link: str) -> None:
+    tmp = f"{link}.tmp-{os.getpid()}"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    os.link(target, tmp)
+    os.replace(tmp, link)
+
+
+class CheckpointManager:
+    """Writes epoch checkpoints of one run folder and keeps the newest ``keep_max`` of them."""
+
+    def __init__(self, run_dir: str, model_name: str, keep_max: int = 5) -> None:
+        self.run_dir, self.model_name, self.keep_max = run_dir, model_name, max(1, keep_max)
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(run_dir, "*.tmp-*")):  # left by a kill during a write
+            os.remove(stale)
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.run_dir, "last.ckpt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.run_dir, "best.ckpt")
+
+    def epoch_path(self, epoch: int) -> str:
+        return os.path.join(self.run_dir, f"{self.model_name}-e{epoch:04d}.ckpt")
+
+    def epoch_files(self) -> List[Tuple[int, str]]:
+        """The epoch checkpoints on disk, oldest first (read from the folder, so it survives restarts)."""
+        found = []
+        for path in glob.glob(os.path.join(self.run_dir, "*.ckpt")):
+            match = _EPOCH_FILE.search(os.path.basename(path))
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def save(self, cell: nn.Cell, epoch: int, meta: Dict[str, object], is_best: bool = False) -> Optional[str]:
+        """Write the checkpoint of a finished ``epoch``; update last/best links and retention.
+
+        A failed write (disk full, ...) is logged and leaves every earlier checkpoint untouched.
+        """
+        path = self.epoch_path(epoch)
+        try:
+            write_atomic(cell, path, meta)
+            _link_atomic(path, self.last_path)
+            if is_best:
+                _link_atomic(path, self.best_path)
+        except OSError as exc:
+            logger.error("could not write checkpoint %s (%s); the previous checkpoints are intact", path, exc)
+            return None
+        for _, old in self.epoch_files()[:-self.keep_max]:
+            os.remove(old)
+        return path
+
+    def newest_valid(self) -> Tuple[str, Dict[str, ms.Parameter]]:
+        """The newest checkpoint that reads back completely; corrupt newer ones are skipped with a warning."""
+        candidates = [p for _, p in reversed(self.epoch_files())]
+        if os.path.exists(self.last_path) and not candidates:
+            candidates.append(self.last_path)
+        if not candidates:
+            raise CheckpointError(f"no checkpoint to resume from in {self.run_dir}; "
+                                  f"start without --resume, or pass --resume PATH")
+        for path in candidates:
+            try:
+                params = read_checkpoint(path)
+                checkpoint_meta(params)["epoch"]
+                return path, params
+            except (CheckpointError, KeyError, OSError) as exc:
+                logger.warning("checkpoint %s is unusable (%s); trying the previous one", path, exc)
+        raise CheckpointError(f"no readable checkpoint in {self.run_dir} (all {len(candidates)} are corrupt)")

@@ -1,0 +1,264 @@
+"""Image-folder data: scanning and checking the folders, deterministic sharded pipelines.
+
+Layouts: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (ImageNet's), or any folder of
+class sub-folders (a fixed, stratified share of each class is then held out for validation).
+
+The training order is a function of (seed, epoch) only, so a resumed run sees the same batches, and
+every rank takes its own slice of one permutation. Images are decoded with PIL in the source, so an
+unreadable or corrupt file is skipped (replaced by the next image) and counted, never a crash.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+class DataError(ValueError):
+    """A data folder that cannot be used as it is."""
+
+
+@dataclass
+class ImageFolder:
+    """The labelled files of one split."""
+
+    root: str
+    class_names: List[str]
+    samples: List[Tuple[str, int]]
+    unreadable: List[str] = field(default_factory=list)  # found at scan time, left out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _class_dirs(root: str) -> List[str]:
+    if not os.path.isdir(root):
+        raise DataError(f"data folder not found: {root}; pass --data_dir pointing at a folder of class sub-folders")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders; expected {root}/<class>/<image> "
+                        f"(or {root}/train/<class>/... and {root}/val/<class>/...)")
+    return classes
+
+
+def _readable(path: str) -> bool:
+    """A cheap check at scan time: the file opens as an image (header only)."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018  (reading the header is the check)
+        return os.path.getsize(path) > 0
+    except Exception:  # any PIL or OS error means the file is not a usable image
+        return False
+
+
+def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) -> ImageFolder:
+    """List the images of ``root/<class>/`` with their labels; check every class has images."""
+    classes = _class_dirs(root)
+    if class_names is not None and list(class_names) != classes:
+        only_here = sorted(set(classes) - set(class_names))
+        missing = sorted(set(class_names) - set(classes))
+        raise DataError(f"the classes of {root} differ from the training classes "
+                        f"(only here: {only_here[:5]}, missing here: {missing[:5]}); "
+                        f"give both splits the same class folders")
+    samples, unreadable = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
+                            f"add images or remove the folder")
+        for f in files:
+            path = os.path.join(folder, f)
+            if _readable(path):
+                samples.append((path, label))
+            else:
+                unreadable.append(path)
+    if unreadable:
+        logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(unreadable), unreadable[0])
+    return ImageFolder(root, classes, samples, unreadable)
+
+
+def split_held_out(folder: ImageFolder, fraction: float, seed: int) -> Tuple[ImageFolder, ImageFolder]:
+    """Hold out a fixed ``fraction`` of each class (at least one image) for validation."""
+    if not 0 < fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1 to hold out a validation share, got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in range(len(folder.class_names)):
+        items = [s for s in folder.samples if s[1] == label]
+        order = rng.permutation(len(items))
+        n_val = max(1, int(round(len(items) * fraction))) if len(items) > 1 else 0
+        val += [items[i] for i in sorted(order[:n_val])]
+        train += [items[i] for i in sorted(order[n_val:])]
+    return (ImageFolder(folder.root, folder.class_names, train, folder.unreadable),
+            ImageFolder(folder.root, folder.class_names, val))
+
+
+def find_splits(data_dir: str, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.1,
+                seed: int = 0) -> Tuple[ImageFolder, ImageFolder]:
+    """The training and validation folders of ``data_dir``, checked."""
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data folder not found: {data_dir}; pass --data_dir pointing at your images")
+    train_dir, val_dir = os.path.join(data_dir, train_split), os.path.join(data_dir, val_split)
+    if os.path.isdir(train_dir):
+        train = scan_image_folder(train_dir)
+        if not os.path.isdir(val_dir):
+            return split_held_out(train, val_fraction, seed)
+        return train, scan_image_folder(val_dir, train.class_names)
+    if os.path.isdir(val_dir) and set(os.listdir(data_dir)) <= {val_split}:
+        val = scan_image_folder(val_dir)
+        return ImageFolder(data_dir, val.class_names, []), val
+    return split_held_out(scan_image_folder(data_dir), val_fraction, seed)
+
+
+def find_val_split(data_dir: str, val_split: str = "val", class_names: Optional[Sequence[str]] = None,
+                   val_fraction: float = 0.1, seed: int = 0) -> ImageFolder:
+    """The validation images of ``data_dir``: its val folder, else the held-out share of its classes."""
+    val_dir = os.path.join(data_dir, val_split)
+    if os.path.isdir(val_dir):
+        return scan_image_folder(val_dir, class_names)
+    return find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)[1]
+
+
+class DecodedImages:
+    """Random-access source of (HWC uint8 image, label[, valid]) for ``GeneratorDataset``.
+
+    ``indices`` picks (and orders) the samples; -1 marks a padding item (valid = 0), used to give every
+    validation batch the same shape. A file that fails to decode is replaced by the next sample and
+    counted in ``failures``.
+    """
+
+    def __init__(self, folder: ImageFolder, indices: Sequence[int], grayscale: bool = False,
+                 with_valid: bool = False) -> None:
+        self.folder, self.indices = folder, list(indices)
+        self.grayscale, self.with_valid = grayscale, with_valid
+        self.failures: List[str] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _decode(self, path: str) -> np.ndarray:
+        with Image.open(path) as img:
+            img = img.convert("L" if self.grayscale else "RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        valid = index >= 0
+        index = max(index, 0)
+        n = len(self.folder.samples)
+        for attempt in range(n):
+            path, label = self.folder.samples[(index + attempt) % n]
+            try:
+                image = self._decode(path)
+                break
+            except Exception:  # a corrupt file: count it and use the next image
+                with self._lock:
+                    if path not in self.failures:
+                        self.failures.append(path)
+                        logger.warning("skipping unreadable image %s", path)
+        else:
+            raise DataError(f"no image in {self.folder.root} could be decoded")
+        label = np.int32(label)
+        return (image, label, np.float32(valid)) if self.with_valid else (image, label)
+
+
+def train_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's sample order for ``epoch``: a slice of one (seed, epoch) permutation, equal length on all ranks."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    per_rank = math.ceil(n / world)
+    order = np.resize(order, per_rank * world)  # wrap around so every rank gets as many samples
+    return order[rank::world]
+
+
+def val_order(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's validation indices, each image on exactly one rank, padded with -1 to whole batches."""
+    mine = np.arange(rank, n, world)
+    per_rank = math.ceil(n / world)
+    n_batches = max(1, math.ceil(per_rank / batch_size))  # the same number of batches on every rank
+    return np.concatenate([mine, -np.ones(n_batches * batch_size - len(mine), dtype=np.int64)])
+
+
+def _without_decode(ops: list) -> list:
+    """mindcv's transform lists start by decoding bytes; our source yields decoded arrays."""
+    from mindspore.dataset import vision
+
+    out = []
+    for op in ops:
+        if isinstance(op, vision.Decode):
+            continue
+        if isinstance(op, vision.RandomCropDecodeResize):
+            op = vision.RandomResizedCrop(op.size, op.scale, op.ratio, op.interpolation, op.max_attempts)
+        out.append(op)
+    return out
+
+
+def image_transforms(cfg, is_training: bool) -> list:
+    """mindcv's ImageNet transforms for the recipe's settings, without the decode step."""
+    from mindcv.data import create_transforms
+
+    common = dict(image_resize=cfg.image_resize, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+    if is_training:
+        ops = create_transforms("imagenet", is_training=True, auto_augment=cfg.auto_augment,
+                                scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, vflip=cfg.vflip,
+                                color_jitter=cfg.color_jitter, re_prob=cfg.re_prob, **common)
+    else:
+        ops = create_transforms("imagenet", is_training=False, crop_pct=cfg.crop_pct, **common)
+    return _without_decode(ops)
+
+
+def _pipeline(source: DecodedImages, cfg, is_training: bool, columns: List[str]):
+    import mindspore.dataset as ds
+
+    dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
+                                  num_parallel_workers=max(1, cfg.num_parallel_workers), python_multiprocessing=False)
+    dataset = dataset.map(operations=image_transforms(cfg, is_training), input_columns="image",
+                          num_parallel_workers=max(1, cfg.num_parallel_workers))
+    return dataset
+
+
+def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1):
+    """This rank's training batches for ``epoch`` (and the source, for its failure count)."""
+    import mindspore.dataset as ds
+
+    # augmentation randomness, like the order, depends on (seed, epoch) only
+    ds.config.set_seed(cfg.seed * 1000 + epoch)
+    source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world),
+                           grayscale=cfg.in_channels == 1)
+    dataset = _pipeline(source, cfg, True, ["image", "label"])
+    dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from mindcv.data.mixup import Mixup
+
+        # mindcv's create_loader passes cutmix_prob as Mixup's overall probability (default 0: nothing
+        # mixes), so Mixup is built here with the recipe's mixup_prob.
+        mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                    switch_prob=cfg.mixup_switch_prob, label_smoothing=0.0, num_classes=cfg.num_classes)
+        dataset = dataset.map(operations=mix, input_columns=["image", "label"])
+    return dataset, source
+
+
+def val_dataset(folder: ImageFolder, cfg, rank: int = 0, world: int = 1):
+    """This rank's validation batches, with a ``valid`` column marking padding (and the source)."""
+    source = DecodedImages(folder, val_order(len(folder), cfg.batch_size, rank, world),
+                           grayscale=cfg.in_channels == 1, with_valid=True)
+    dataset = _pipeline(source, cfg, False, ["image", "label", "valid"])
+    return dataset.batch(cfg.batch_size, drop_remainder=True), source
+
+
+def steps_per_epoch(n_images: int, batch_size: int, world: int, drop_remainder: bool = True) -> int:
+    """Optimizer steps in one epoch on each rank."""
+    per_rank = math.ceil(n_images / world)
+    return per_rank // batch_size if drop_remainder else math.ceil(per_rank / batch_size)

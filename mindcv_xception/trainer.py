@@ -1,0 +1,309 @@
+"""The training loop behind ``train.py``: single device or msrun data parallel, resumable.
+
+A compiled training cell (mindcv's ``TrainStep``: loss scaling, EMA) runs one batch per call; the
+loop around it is plain Python, so progress, validation, checkpoints and resume are explicit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from . import data as data_mod
+from .checkpoint import CheckpointManager
+from .config import Config, save_config
+from .distributed import Runtime, setup_runtime
+from .evaluation import Evaluator, copy_ema_into
+from .loading import CheckpointError, checkpoint_meta, load_weights, network_params, read_checkpoint
+
+logger = logging.getLogger("mindcv_xception")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, unusable resume point)."""
+
+
+def setup_logging(runtime: Runtime, run_dir: Optional[str] = None) -> None:
+    """Rank 0 logs INFO to stdout (and run_dir/train.log); other ranks only warnings."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO if runtime.is_main else logging.WARNING)
+    fmt = logging.Formatter(f"%(asctime)s [rank {runtime.rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if run_dir and runtime.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+def scaled_lr(cfg: Config, world: int) -> Dict[str, float]:
+    """Linear LR scaling: lr and min_lr times global batch / lr_base_batch_size (unless lr_scale is off).
+
+    The global batch is per-device batch x processes x gradient accumulation steps. Warm-up starts at
+    ``warmup_factor`` times the scaled lr, so it scales too.
+    """
+    global_batch = cfg.batch_size * world * cfg.gradient_accumulation_steps
+    factor = global_batch / cfg.lr_base_batch_size if cfg.lr_scale else 1.0
+    return {"global_batch": global_batch, "factor": factor, "lr": cfg.lr * factor, "min_lr": cfg.min_lr * factor}
+
+
+def lr_schedule(cfg: Config, lr: float, min_lr: float, steps: int) -> List[float]:
+    """The per-step learning rates of the whole run (mindcv's scheduler factory)."""
+    from mindcv.scheduler import create_scheduler
+
+    decay_epochs = cfg.decay_epochs or max(1, cfg.epoch_size - cfg.warmup_epochs)
+    return list(create_scheduler(steps_per_epoch=steps, scheduler=cfg.scheduler, lr=lr, min_lr=min_lr,
+                                 warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor,
+                                 decay_epochs=decay_epochs, decay_rate=cfg.decay_rate,
+                                 num_epochs=cfg.epoch_size, lr_epoch_stair=cfg.lr_epoch_stair))
+
+
+def _loss_scale(cfg: Config, device: str):
+    if cfg.loss_scale_type == "dynamic":
+        if device == "CPU":
+            logger.warning("dynamic loss scaling is not available on CPU; using a fixed scale of %s", cfg.loss_scale)
+        else:
+            return nn.DynamicLossScaleUpdateCell(loss_scale_value=cfg.loss_scale, scale_factor=2, scale_window=2000)
+    return ms.Tensor(cfg.loss_scale, ms.float32)
+
+
+def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, lrs: Dict[str, float]):
+    """The network, its optimizer and the compiled training cell."""
+    from mindcv.loss import create_loss
+    from mindcv.models import create_model
+    from mindcv.optim import create_optimizer
+    from mindcv.utils.train_step import TrainStep
+
+    net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels, drop_rate=cfg.drop_rate,
+                       middle_depth=cfg.middle_depth, pretrained=cfg.pretrained)
+    if cfg.ckpt_path:
+        params = read_checkpoint(cfg.ckpt_path)
+        load_weights(net, network_params(params), allow_new_classifier=True, source=cfg.ckpt_path)
+        logger.info("Starting from the weights of %s (fine-tuning, not a resume)", cfg.ckpt_path)
+    if cfg.amp_level != "O0":
+        if runtime.device == "CPU":
+            logger.warning("amp_level %s on CPU runs about 2x slower than fp32 (no fp16 conv kernels)", cfg.amp_level)
+        ms.amp.auto_mixed_precision(net, cfg.amp_level)
+    if cfg.opt == "momentum" and cfg.use_nesterov and runtime.device == "CPU":
+        logger.warning("nn.Momentum ignores use_nesterov on CPU; use opt: sgd for Nesterov momentum")
+    schedule = lr_schedule(cfg, lrs["lr"], lrs["min_lr"], steps)
+    optimizer = create_optimizer(net.trainable_params(), opt=cfg.opt, lr=schedule, weight_decay=cfg.weight_decay,
+                                 momentum=cfg.momentum, nesterov=cfg.use_nesterov,
+                                 weight_decay_filter="norm_and_bias" if cfg.filter_bias_and_bn else "disable",
+                                 loss_scale=cfg.loss_scale)
+    loss = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing)
+    step = TrainStep(nn.WithLossCell(net, loss), optimizer, scale_sense=_loss_scale(cfg, runtime.device),
+                     ema=cfg.ema, ema_decay=cfg.ema_decay,
+                     gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    step.set_jit_config(ms.JitConfig(jit_level=runtime.jit_level))
+    return net, optimizer, step
+
+
+def _resume(cfg: Config, manager: CheckpointManager, step_cell: nn.Cell, optimizer, num_classes: int):
+    path = manager.newest_valid() if cfg.resume == "auto" else (cfg.resume, read_checkpoint(cfg.resume))
+    path, params = path
+    meta = checkpoint_meta(params)
+    if not meta or "epoch" not in meta:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (no epoch record); "
+                              f"use --ckpt_path to start from its weights instead")
+    if meta.get("model") != cfg.model or meta.get("num_classes") != num_classes:
+        raise CheckpointError(f"{path} is a {meta.get('model')} checkpoint for {meta.get('num_classes')} classes, "
+                              f"this run is {cfg.model} for {num_classes}; resume with the same model and data")
+    if meta.get("epoch_size") != cfg.epoch_size:
+        raise CheckpointError(f"{path} was trained for epoch_size {meta.get('epoch_size')}, this run asks "
+                              f"{cfg.epoch_size}; resume with --epoch_size {meta.get('epoch_size')}")
+    load_weights(step_cell, params, source=path)
+    logger.info("Resumed from %s: epoch %d of %d done, global step %d", path, meta["epoch"], cfg.epoch_size,
+                meta["global_step"])
+    if "lr" in getattr(cfg, "explicit", ()):
+        rebase_lr(optimizer, int(meta["global_step"]), cfg.lr)
+    return meta
+
+
+def lr_table(optimizer) -> ms.Parameter:
+    """The optimizer's per-step learning rates (a Parameter, saved in checkpoints)."""
+    lr = optimizer.learning_rate
+    return lr.learning_rate if isinstance(lr, nn.Cell) else lr
+
+
+def rebase_lr(optimizer, global_step: int, new_lr: float) -> None:
+    """Scale the rest of the per-step schedule so that the next step runs at ``new_lr`` (``--resume --lr``)."""
+    schedule = lr_table(optimizer).asnumpy().copy()
+    if global_step >= len(schedule):
+        return
+    old = float(schedule[global_step])
+    factor = new_lr / old if old > 0 else 0.0
+    schedule[global_step:] = schedule[global_step:] * factor if old > 0 else new_lr
+    table.set_data(ms.Tensor(schedule, table.dtype))
+    logger.info("Learning rate re-based at step %d: %.6g -> %.6g (remaining schedule x %.4g)",
+                global_step, old, new_lr, factor)
+
+
+def write_metrics(run_dir: str, record: Dict[str, object]) -> None:
+    """Append one epoch's metrics to run_dir/metrics.jsonl."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(run_dir: str) -> Optional[str]:
+    """Draw loss and accuracy per epoch from metrics.jsonl into run_dir/curves.png."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
+    if any(r.get("val_loss") is not None for r in rows):
+        ax1.plot(epochs, [r.get("val_loss") for r in rows], "o-", label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    ax2.plot(epochs, [r.get("val_top1") for r in rows], "o-", label="val top-1")
+    ax2.plot(epochs, [r.get("val_top5") for r in rows], "o-", label="val top-5")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    out = os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def train(cfg: Config) -> Dict[str, object]:
+    """Run (or resume) the training described by ``cfg``; returns the final metrics."""
+    runtime = setup_runtime(cfg.mode, cfg.device_target, cfg.jit_level, cfg.distribute, cfg.seed)
+    run_dir = cfg.ckpt_save_dir
+    setup_logging(runtime, run_dir)
+    if cfg.pretrained and cfg.ckpt_path:
+        raise ValueError("pretrained and ckpt_path both name starting weights; give one of them")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and (not cfg.drop_remainder or cfg.batch_size % 2):
+        raise ValueError("mixup/cutmix need an even batch_size and drop_remainder: true")
+    train_folder, val_folder = data_mod.find_splits(cfg.data_dir, cfg.train_split, cfg.val_split,
+                                                    cfg.val_fraction, cfg.seed)
+    num_classes = cfg.num_classes or len(train_folder.class_names)
+    if num_classes != len(train_folder.class_names):
+        raise data_mod.DataError(f"num_classes is {num_classes} but {cfg.data_dir} has "
+                                 f"{len(train_folder.class_names)} class folders; set --num_classes "
+                                 f"{len(train_folder.class_names)} (or 0 to take it from the folders)")
+    cfg["num_classes"] = num_classes
+    steps = data_mod.steps_per_epoch(len(train_folder), cfg.batch_size, runtime.world, cfg.drop_remainder)
+    if steps < 1:
+        raise data_mod.DataError(f"{len(train_folder)} training images are fewer than one batch of "
+                                 f"{cfg.batch_size} per process; lower --batch_size")
+    lrs = scaled_lr(cfg, runtime.world)
+    logger.info("Device %s, jit level %s, %d process(es); %d train / %d val images, %d classes, %d steps/epoch",
+                runtime.device, runtime.jit_level, runtime.world, len(train_folder), len(val_folder), num_classes, steps)
+    logger.info("Global batch %d (= %d x %d processes x %d accumulation); lr %.6g -> effective %.6g, "
+                "min_lr %.6g -> %.6g (scaling %s, reference batch %d)", lrs["global_batch"], cfg.batch_size,
+                runtime.world, cfg.gradient_accumulation_steps, cfg.lr, lrs["lr"], cfg.min_lr, lrs["min_lr"],
+                "on" if cfg.lr_scale else "off", cfg.lr_base_batch_size)
+
+    net, optimizer, step_cell = build_training(cfg, runtime, num_classes, steps, lrs)
+    manager = CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max)
+    meta: Dict[str, object] = {"epoch": 0, "global_step": 0, "best_top1": None}
+    if cfg.resume:
+        meta = _resume(cfg, manager, step_cell, optimizer, num_classes)
+    elif runtime.is_main and manager.epoch_files():
+        logger.warning("%s already holds checkpoints; they will be overwritten (use --resume to continue)", run_dir)
+    if runtime.is_main:
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+
+    eval_net = None
+    if cfg.ema:
+        from mindcv.models import create_model
+
+        eval_net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
+                                middle_depth=cfg.middle_depth)
+    evaluator = Evaluator(eval_net or net, num_classes, runtime)
+    start_epoch, best = int(meta["epoch"]), meta.get("best_top1")
+    global_step = int(meta["global_step"])
+    if start_epoch >= cfg.epoch_size:
+        logger.info("The run is already complete (%d of %d epochs)", start_epoch, cfg.epoch_size)
+    nonfinite = 0
+    last: Dict[str, object] = {}
+    run_start = time.time()
+    for epoch in range(start_epoch, cfg.epoch_size):
+        dataset, source = data_mod.train_dataset(train_folder, cfg, epoch, runtime.rank, runtime.world)
+        step_cell.set_train(True)
+        epoch_start, losses, seen = time.time(), [], 0
+        for i, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1)):
+            loss = float(step_cell(images, labels).asnumpy())
+            global_step += 1
+            seen += images.shape[0]
+            if not math.isfinite(loss):
+                nonfinite += 1
+                if nonfinite >= cfg.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"the loss has been non-finite for {nonfinite} steps (epoch {epoch + 1}, step {i + 1}); "
+                        f"stopped without saving. The last good checkpoint is {manager.last_path}: "
+                        f"resume it with a lower learning rate (--resume --lr ...)")
+                continue
+            nonfinite = 0
+            losses.append(loss)
+            if (i + 1) % cfg.log_interval == 0 or i + 1 == steps:
+                rate = seen * runtime.world / (time.time() - epoch_start)
+                logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s", epoch + 1, cfg.epoch_size,
+                            i + 1, steps, float(np.mean(losses[-cfg.log_interval:])),
+                            float(lr_table(optimizer).asnumpy()[min(global_step, steps * cfg.epoch_size) - 1]),
+                            rate)
+        train_time = time.time() - epoch_start
+        if source.failures:
+            logger.warning("epoch %d: %d unreadable image(s) skipped, e.g. %s", epoch + 1, len(source.failures),
+                           source.failures[0])
+        record: Dict[str, object] = {
+            "epoch": epoch + 1, "global_step": global_step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": float(lr_table(optimizer).asnumpy()[global_step - 1]),
+            "images_per_s": seen * runtime.world / max(train_time, 1e-9), "epoch_time_s": train_time,
+            "skipped_images": len(source.failures) + len(train_folder.unreadable),
+        }
+        if cfg.val_while_train and len(val_folder) and ((epoch + 1) % cfg.val_interval == 0
+                                                        or epoch + 1 == cfg.epoch_size):
+            if eval_net is not None:
+                copy_ema_into(step_cell, eval_net)
+            result = evaluator.run(val_folder, cfg)
+            record.update(val_top1=result["top1"], val_top5=result["top5"], val_loss=result["loss"])
+        is_best = record.get("val_top1") is not None and (best is None or record["val_top1"] > best)
+        if is_best:
+            best = record["val_top1"]
+        elapsed = time.time() - run_start
+        record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
+        meta = {"model": cfg.model, "num_classes": num_classes, "class_names": train_folder.class_names,
+                "epoch": epoch + 1, "global_step": global_step, "epoch_size": cfg.epoch_size, "best_top1": best,
+                "config_digest": cfg.digest(), "image_resize": cfg.image_resize, "in_channels": cfg.in_channels,
+                "middle_depth": cfg.middle_depth,
+                "ema": cfg.ema}
+        if runtime.is_main:
+            manager.save(step_cell, epoch + 1, meta, is_best)
+            write_metrics(run_dir, record)
+        logger.info("epoch %d/%d done: loss %.4f lr %.6g val top-1 %s top-5 %s %.1f img/s ETA %.0fs",
+                    epoch + 1, cfg.epoch_size, record["train_loss"], record["lr"],
+                    _pct(record.get("val_top1")), _pct(record.get("val_top5")), record["images_per_s"],
+                    record["eta_s"])
+        last = record
+    if runtime.is_main:
+        curves = plot_curves(run_dir)
+        logger.info("Run folder %s: last checkpoint %s, best %s, metrics %s, curves %s", run_dir,
+                    manager.last_path, manager.best_path, os.path.join(run_dir, "metrics.jsonl"), curves)
+    return {"last": last, "best_top1": best, "run_dir": run_dir, "runtime": runtime}
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,85 @@
+"""Recipe configuration: YAML defaults, command-line overrides, checked keys and values."""
+import pytest
+import yaml
+
+from mindcv_xception.config import ConfigError, parse_config
+from mindcv_xception.trainer import scaled_lr
+
+from conftest import CPU_RECIPE
+
+
+def recipe(tmp_path, **values):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_command_line_overrides_the_recipe(tmp_path):
+    cfg = parse_config(["--config", recipe(tmp_path, lr=0.1, batch_size=16), "--lr", "0.2"])
+    assert cfg.lr == 0.2 and cfg.batch_size == 16
+
+
+def test_unknown_yaml_key_names_the_closest_valid_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rat'.*did you mean 'lr'|'learning_rat'"):
+        parse_config(["--config", recipe(tmp_path, learning_rat=0.1)])
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        parse_config(["--config", recipe(tmp_path, batch_sise=8)])
+
+
+def test_unknown_flag_names_the_closest_valid_key():
+    with pytest.raises(ConfigError, match="unknown config key 'epochs_size'.*did you mean 'epoch_size'"):
+        parse_config(["--epochs_size", "3"])
+
+
+def test_yaml_values_are_type_checked(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size in .*r.yaml must be an int"):
+        parse_config(["--config", recipe(tmp_path, batch_size="many")])
+    with pytest.raises(ConfigError, match="ema .* must be a bool"):
+        parse_config(["--config", recipe(tmp_path, ema=1)])
+    with pytest.raises(ConfigError, match="model .* must be one of"):
+        parse_config(["--config", recipe(tmp_path, model="resnet50")])
+
+
+@pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)])
+def test_bool_flags_parse_words(text, value):
+    assert parse_config(["--ema", text]).ema is value
+
+
+def test_bool_flag_alone_means_true():
+    assert parse_config(["--ema"]).ema is True
+
+
+def test_bad_bool_flag_is_refused():
+    with pytest.raises(ConfigError, match="ema in the command line must be true or false"):
+        parse_config(["--ema", "maybe"])
+
+
+def test_list_values_can_be_overridden_from_the_command_line():
+    assert parse_config(["--scale", "0.5", "1.0"]).scale == [0.5, 1.0]
+    assert parse_config(["--scale", "0.3,0.9"]).scale == [0.3, 0.9]
+
+
+def test_shipped_recipes_are_valid():
+    import glob
+    import os
+
+    recipes = glob.glob(os.path.join(os.path.dirname(CPU_RECIPE), "*.yaml"))
+    assert len(recipes) >= 1
+    for path in recipes:
+        parse_config(["--config", path])
+
+
+def test_lr_scales_linearly_with_the_global_batch():
+    cfg = parse_config(["--lr", "0.045", "--min_lr", "0.001", "--batch_size", "32", "--lr_base_batch_size", "256"])
+    one = scaled_lr(cfg, world=1)
+    eight = scaled_lr(cfg, world=8)
+    assert one["global_batch"] == 32 and eight["global_batch"] == 256
+    assert eight["lr"] == pytest.approx(0.045) and one["lr"] == pytest.approx(0.045 / 8)
+    assert eight["min_lr"] == pytest.approx(0.001)
+    cfg["gradient_accumulation_steps"] = 2
+    assert scaled_lr(cfg, world=2)["lr"] == pytest.approx(0.045 * 128 / 256)
+
+
+def test_lr_scaling_can_be_turned_off():
+    cfg = parse_config(["--lr", "0.1", "--lr_scale", "False", "--batch_size", "8"])
+    assert scaled_lr(cfg, world=4)["lr"] == pytest.approx(0.1)

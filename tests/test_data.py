@@ -1,0 +1,98 @@
+"""Image folders: layout checks with one-line errors, deterministic sharded order, corrupt files."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mindcv_xception.data import (DataError, DecodedImages, find_splits, scan_image_folder, train_order,
+                                  val_order)
+from mindcv_xception.digits import make_digits_folder
+
+
+def make_folder(root, classes, per_class=3, size=8):
+    for c in classes:
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size, size, 3), i * 20, np.uint8)).save(os.path.join(root, c, f"{i}.png"))
+
+
+def test_digits_folder_has_every_class_and_a_fixed_disjoint_split(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    counts = make_digits_folder(a, size=72, per_class=10)
+    make_digits_folder(b, size=72, per_class=10)
+    assert counts == {"train": 80, "val": 20}
+    for label in range(10):
+        train = set(os.listdir(os.path.join(a, "train", str(label))))
+        val = set(os.listdir(os.path.join(a, "val", str(label))))
+        assert len(train) == 8 and len(val) == 2 and not train & val
+        assert val == set(os.listdir(os.path.join(b, "val", str(label))))
+    assert Image.open(os.path.join(a, "val", "9", sorted(val)[0])).size == (72, 72)
+
+
+def test_full_digits_folder_has_all_1797_images(tmp_path):
+    counts = make_digits_folder(str(tmp_path), size=72)
+    assert counts["train"] + counts["val"] == 1797
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError, match="data folder not found: .*nope; pass --data_dir"):
+        find_splits(str(tmp_path / "nope"))
+
+
+def test_empty_class_is_named(tmp_path):
+    make_folder(str(tmp_path / "train"), ["cat", "dog"])
+    os.makedirs(tmp_path / "train" / "eel")
+    with pytest.raises(DataError, match="class folder .*eel has no images"):
+        find_splits(str(tmp_path))
+
+
+def test_train_and_val_classes_must_match(tmp_path):
+    make_folder(str(tmp_path / "train"), ["cat", "dog"])
+    make_folder(str(tmp_path / "val"), ["cat", "emu"])
+    with pytest.raises(DataError, match="differ from the training classes"):
+        find_splits(str(tmp_path))
+
+
+def test_folder_without_val_split_holds_out_each_class(tmp_path):
+    make_folder(str(tmp_path), ["a", "b"], per_class=10)
+    train, val = find_splits(str(tmp_path), val_fraction=0.2)
+    assert len(train) == 16 and len(val) == 4
+    assert {p for p, _ in train.samples}.isdisjoint({p for p, _ in val.samples})
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    make_folder(str(tmp_path), ["a"], per_class=3)
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    folder = scan_image_folder(str(tmp_path))
+    assert len(folder) == 3 and [os.path.basename(p) for p in folder.unreadable] == ["broken.png"]
+
+
+def test_image_corrupt_past_its_header_is_replaced_and_counted(tmp_path):
+    make_folder(str(tmp_path), ["a"], per_class=3, size=64)
+    path = str(tmp_path / "a" / "1.png")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:60])  # the header survives, the pixels do not
+    folder = scan_image_folder(str(tmp_path))
+    source = DecodedImages(folder, range(len(folder)))
+    images = [source[i][0] for i in range(len(source))]
+    assert source.failures == [path] and all(im.shape == (64, 64, 3) for im in images)
+
+
+def test_training_order_depends_only_on_seed_and_epoch():
+    np.testing.assert_array_equal(train_order(50, 3, 7, True), train_order(50, 3, 7, True))
+    assert not np.array_equal(train_order(50, 3, 7, True), train_order(50, 4, 7, True))
+
+
+def test_ranks_share_one_permutation_without_overlap():
+    shards = [train_order(48, 0, 1, True, rank, 2) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 24
+    assert sorted(np.concatenate(shards)) == list(range(48))
+
+
+def test_validation_shards_count_every_image_once():
+    n, batch, world = 23, 4, 2
+    shards = [val_order(n, batch, rank, world) for rank in range(world)]
+    assert all(len(s) % batch == 0 for s in shards) and len(shards[0]) == len(shards[1])
+    real = np.concatenate([s[s >= 0] for s in shards])
+    assert sorted(real) == list(range(n))
