@@ -66,16 +66,47 @@ def _batch_norm(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
-class SeparableConv2d(nn.Cell):
-    """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D)."""
+def depthwise_as_matmul_default() -> bool:
+    """Whether new separable convs compute the depthwise step as im2col + batched matmul.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    On CPU that is several times faster than MindSpore's grouped convolution (see docs/speed.md);
+    on Ascend and GPU the native depthwise kernel is kept.
+    """
+    return ms.get_context("device_target") == "CPU"
+
+
+def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """A 3x3 stride-1 depthwise conv with zero padding 1, as unfold (im2col) and one batched matmul.
+
+    ``weight`` is the grouped conv's (C, 1, 3, 3) kernel; the result equals
+    ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float summation order.
+    """
+    n, c, h, w = x.shape
+    cols = ops.unfold(x, 3, padding=1).reshape(n, c, 9, h * w)  # the 9 taps of each pixel, per channel
+    return ops.matmul(weight.reshape(1, c, 1, 9), cols).reshape(n, c, h, w)
+
+
+class SeparableConv2d(nn.Cell):
+    """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D).
+
+    ``depthwise_as_matmul`` (default: on CPU) computes the depthwise step with
+    ``depthwise_3x3_matmul`` from the same ``depthwise.weight``; the parameters are the same either way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, depthwise_as_matmul: Optional[bool] = None) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, pad_mode="pad", padding=1, group=in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+        if depthwise_as_matmul is None:
+            depthwise_as_matmul = depthwise_as_matmul_default()
+        self.depthwise_as_matmul = depthwise_as_matmul
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(x))
+        if self.depthwise_as_matmul:
+            x = depthwise_3x3_matmul(x, self.depthwise.weight)
+        else:
+            x = self.depthwise(x)
+        return self.pointwise(x)
 
 
 class SepConvBn(nn.Cell):
@@ -166,6 +197,11 @@ class Xception(nn.Cell):
         out_indices = tuple(out_indices)
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be chosen from 0..4 (strides 2, 4, 8, 16, 32), got {out_indices}")
+        # What it takes to build an identical network (``mindcv_xception.fast.inference_network`` uses it).
+        self.init_kwargs = dict(num_classes=num_classes, in_channels=in_channels, widths=widths,
+                                middle_depth=middle_depth, drop_rate=drop_rate, global_pool=global_pool,
+                                bn_eps=bn_eps, bn_momentum=bn_momentum, features_only=features_only,
+                                out_indices=out_indices)
         self.in_channels = in_channels
         self.min_input_size = MIN_INPUT_SIZE
         eps, momentum = bn_eps, bn_momentum
@@ -242,6 +278,7 @@ class Xception(nn.Cell):
                 raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
+        self.init_kwargs.update(num_classes=num_classes, global_pool=self.global_pool)
         self.classifier = self._make_classifier(num_classes)
         # MindSpore keys its compiled graphs by cell and input shapes, not by sub-cells: a network
         # called before the reset would otherwise keep running its old classifier.
