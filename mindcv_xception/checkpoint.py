@@ -26,7 +26,7 @@ _EPOCH_FILE = re.compile(r"-e(\d{4,})\.ckpt$")
 
 def write_atomic(cell: nn.Cell, path: str, meta: Dict[str, object]) -> None:
     """Save ``cell``'s parameters and ``meta`` to ``path`` via a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}.ckpt"  # MindSpore appends .ckpt to any other name
     try:
         ms.save_checkpoint(cell, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         with open(tmp, "rb") as f:

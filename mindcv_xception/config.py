@@ -72,6 +72,7 @@ OPTIONS: List[Option] = [
     O("model", "str", "xception", "registered model name", ("xception", "xception_small")),
     O("num_classes", "int", 0, "classes; 0 takes the number of class folders"),
     O("in_channels", "int", 3, "input channels"),
+    O("bn_momentum", "float", 0.99, "BatchNorm moving-average decay (Keras: 0.99; 0.9 settles faster in short runs)"),
     O("middle_depth", "int", 8, "middle-flow blocks (paper: 8; fewer for quick experiments)"),
     O("drop_rate", "float", 0.5, "dropout before the classifier (paper: 0.5)"),
     O("pretrained", "bool", False, "start from the official Keras ImageNet weights (new head if num_classes differs)"),

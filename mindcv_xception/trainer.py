@@ -32,10 +32,10 @@ class TrainingError(RuntimeError):
 
 
 def setup_logging(runtime: Runtime, run_dir: Optional[str] = None) -> None:
-    """Rank 0 logs INFO to stdout (and run_dir/train.log); other ranks only warnings."""
+    """Every rank logs to its stdout (msrun keeps one log per worker); rank 0 also to run_dir/train.log."""
     root = logging.getLogger()
     root.handlers.clear()
-    root.setLevel(logging.INFO if runtime.is_main else logging.WARNING)
+    root.setLevel(logging.INFO)
     fmt = logging.Formatter(f"%(asctime)s [rank {runtime.rank}] %(levelname)s %(message)s", "%H:%M:%S")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(fmt)
@@ -86,7 +86,8 @@ def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, 
     from mindcv.utils.train_step import TrainStep
 
     net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels, drop_rate=cfg.drop_rate,
-                       middle_depth=cfg.middle_depth, pretrained=cfg.pretrained)
+                       middle_depth=cfg.middle_depth, bn_momentum=cfg.bn_momentum,
+                       pretrained=cfg.pretrained)
     if cfg.ckpt_path:
         params = read_checkpoint(cfg.ckpt_path)
         load_weights(net, network_params(params), allow_new_classifier=True, source=cfg.ckpt_path)
@@ -298,11 +299,22 @@ def train(cfg: Config) -> Dict[str, object]:
                     _pct(record.get("val_top1")), _pct(record.get("val_top5")), record["images_per_s"],
                     record["eta_s"])
         last = record
+    logger.info("Final weights digest on rank %d: %s", runtime.rank, weights_digest(net))
     if runtime.is_main:
         curves = plot_curves(run_dir)
         logger.info("Run folder %s: last checkpoint %s, best %s, metrics %s, curves %s", run_dir,
                     manager.last_path, manager.best_path, os.path.join(run_dir, "metrics.jsonl"), curves)
     return {"last": last, "best_top1": best, "run_dir": run_dir, "runtime": runtime}
+
+
+def weights_digest(net: nn.Cell) -> str:
+    """A short hash of all network parameters (equal on every rank of a data-parallel run)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for param in net.get_parameters():
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _pct(value: Optional[float]) -> str:
