@@ -77,7 +77,8 @@ def setup_runtime(mode: int = 0, device_target: str = "auto", jit_level: str = "
                   seed: Optional[int] = None) -> Runtime:
     """Set MindSpore's context for this process and, under msrun, initialise data parallelism."""
     device = pick_device(device_target)
-    ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE, device_target=device)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
+    ms.set_device(device)
     level = supported_jit_level(device, jit_level)
     rank, world = 0, 1
     if distribute:

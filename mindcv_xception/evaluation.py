@@ -66,8 +66,9 @@ class Evaluator:
 def copy_ema_into(train_step: nn.Cell, network: nn.Cell) -> None:
     """Load the training cell's EMA weights (``ema.<name>``) into ``network``."""
     ema = {p.name[len("ema."):]: p for p in train_step.get_parameters() if p.name.startswith("ema.")}
-    for param in network.get_parameters():
-        source = ema.get(param.name)
+    # names relative to ``network``: its parameters' own names gain a prefix once it sits in EvalStep
+    for name, param in network.parameters_and_names():
+        source = ema.get(name)
         if source is None:
-            raise KeyError(f"the training cell has no EMA copy of {param.name}")
+            raise KeyError(f"the training cell has no EMA copy of {name}")
         param.set_data(source.value().copy() if hasattr(source, "value") else source.copy())

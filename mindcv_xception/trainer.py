@@ -140,7 +140,8 @@ def lr_table(optimizer) -> ms.Parameter:
 
 def rebase_lr(optimizer, global_step: int, new_lr: float) -> None:
     """Scale the rest of the per-step schedule so that the next step runs at ``new_lr`` (``--resume --lr``)."""
-    schedule = lr_table(optimizer).asnumpy().copy()
+    table = lr_table(optimizer)
+    schedule = table.asnumpy().copy()
     if global_step >= len(schedule):
         return
     old = float(schedule[global_step])

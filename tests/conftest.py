@@ -61,3 +61,14 @@ def digits_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("digits"))
     make_digits_folder(out, size=72, val_fraction=0.2, per_class=20)
     return out
+
+
+def keep_val_images(val_dir: str, n: int) -> None:
+    """Delete images round-robin across classes until ``n`` remain (every class keeps at least one)."""
+    per_class = {c: sorted(os.listdir(os.path.join(val_dir, c))) for c in sorted(os.listdir(val_dir))}
+    total = sum(len(v) for v in per_class.values())
+    while total > n:
+        for c, files in per_class.items():
+            if total > n and len(files) > 1:
+                os.remove(os.path.join(val_dir, c, files.pop()))
+                total -= 1

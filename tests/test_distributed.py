@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import CPU_RECIPE, QUICK, REPO, run_script, strip_noise
+from conftest import CPU_RECIPE, QUICK, REPO, keep_val_images, run_script, strip_noise
 
 MSRUN = os.path.join(os.path.dirname(sys.executable), "msrun")
 
@@ -73,10 +73,7 @@ def test_two_process_validation_counts_every_image_once(two_process_run, digits_
     run_dir, _ = two_process_run
     data = str(tmp_path / "d")
     shutil.copytree(digits_dir, data)
-    val = os.path.join(data, "val")
-    files = sorted((c, f) for c in os.listdir(val) for f in os.listdir(os.path.join(val, c)))
-    for c, f in files[:17]:  # keep 23 images: divisible neither by 2 processes nor by the batch of 4
-        os.remove(os.path.join(val, c, f))
+    keep_val_images(os.path.join(data, "val"), 23)  # divisible neither by 2 processes nor by the batch of 4
     args = ["validate.py", "--config", CPU_RECIPE, "--data_dir", data, "--ckpt_path",
             os.path.join(run_dir, "last.ckpt"), "--batch_size", "4", "--num_parallel_workers", "1", "--json"]
     code, logs = msrun([*args, "--distribute", "True"], str(tmp_path / "logs"))

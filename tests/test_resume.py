@@ -65,8 +65,8 @@ def test_resumed_run_trains_the_same_epochs_with_the_same_learning_rates(straigh
     b = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
     assert [m["epoch"] for m in b] == [1, 2, 3]  # no epoch repeated, none past epoch_size
     assert [m["lr"] for m in a] == [m["lr"] for m in b]
-    lr_a = read_checkpoint(os.path.join(straight, "last.ckpt"))["learning_rate.learning_rate"].asnumpy()
-    lr_b = read_checkpoint(os.path.join(resumed, "last.ckpt"))["learning_rate.learning_rate"].asnumpy()
+    lr_a = read_checkpoint(os.path.join(straight, "last.ckpt"))["learning_rate"].asnumpy()
+    lr_b = read_checkpoint(os.path.join(resumed, "last.ckpt"))["learning_rate"].asnumpy()
     np.testing.assert_array_equal(lr_a, lr_b)
 
 
@@ -81,7 +81,7 @@ def test_resumed_run_ends_with_the_same_weights_momentum_and_ema(straight_and_re
             # tolerance: float32 kernels on 2 threads may add in another order between processes
             np.testing.assert_allclose(b[name].asnumpy(), value.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=name)
             compared += 1
-    assert compared > 500 and any(n.startswith("ema.") for n in a) and any(n.startswith("moments.") for n in a)
+    assert compared > 300 and any(n.startswith("ema.") for n in a) and any(n.startswith("accum.") for n in a)
 
 
 def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed, small_digits, tmp_path):
@@ -92,7 +92,7 @@ def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed,
     code, out, err = run_script(train_args(small_digits, run_dir, "--resume", "--lr", "0.001"))
     assert code == 0, err[-2000:]
     assert "Learning rate re-based at step 14" in out and "-> 0.001" in out
-    lr = read_checkpoint(os.path.join(run_dir, "last.ckpt"))["learning_rate.learning_rate"].asnumpy()
+    lr = read_checkpoint(os.path.join(run_dir, "last.ckpt"))["learning_rate"].asnumpy()
     assert lr[14] == pytest.approx(0.001)
 
 

@@ -8,7 +8,7 @@ import pytest
 from mindcv.models import create_model
 from PIL import Image
 
-from conftest import CPU_RECIPE, run_script
+from conftest import CPU_RECIPE, keep_val_images, run_script
 from mindcv_xception.digits import make_digits_folder
 from mindcv_xception.loading import META_KEY
 
@@ -20,10 +20,8 @@ def labelled(tmp_path_factory):
     """23 validation digits at exactly 71 px (no resize needed) and a 10-class checkpoint with statistics."""
     root = tmp_path_factory.mktemp("val")
     data = str(root / "digits")
-    make_digits_folder(data, size=71, per_class=12, val_fraction=0.2)  # 2-3 val images per class
-    files = sorted((d, f) for d in os.listdir(os.path.join(data, "val")) for f in os.listdir(os.path.join(data, "val", d)))
-    for d, f in files[N_VAL:]:
-        os.remove(os.path.join(data, "val", d, f))
+    make_digits_folder(data, size=71, per_class=12, val_fraction=0.3)  # 4 val images per class, then 23 kept
+    keep_val_images(os.path.join(data, "val"), N_VAL)
     net = create_model("xception_small", num_classes=10, middle_depth=1)
     rng = np.random.default_rng(0)
     for p in net.get_parameters():  # non-trivial BN statistics and a classifier that is not uniform
