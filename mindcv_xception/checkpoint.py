@@ -13,22 +13,43 @@ import json
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn
 
-from .loading import META_KEY, CheckpointError, checkpoint_meta, read_checkpoint
+from .loading import META_KEY, CheckpointError, checkpoint_meta, named_parameters, read_checkpoint
 
 logger = logging.getLogger(__name__)
 _EPOCH_FILE = re.compile(r"-e(\d{4,})\.ckpt$")
 
 
-def write_atomic(cell: nn.Cell, path: str, meta: Dict[str, object]) -> None:
-    """Save ``cell``'s parameters and ``meta`` to ``path`` via a temporary file and a rename."""
+def training_state(step_cell: nn.Cell, network: nn.Cell) -> Dict[str, ms.Parameter]:
+    """Everything a training cell holds, by stable names.
+
+    The network's parameters go by their path in the network (``stem.0.conv.weight``), whatever prefix
+    their own names gained inside the training cell; optimizer state, EMA copies, step counters and
+    the loss scale keep their own names (``accum.*``, ``ema.*``, ``global_step``, ``learning_rate``).
+    """
+    state = named_parameters(network)
+    paths = {p.name: path for path, p in state.items()}
+    paths.update({path: path for path in state})
+    seen = {id(p) for p in state.values()}
+    for param in step_cell.get_parameters():
+        if id(param) not in seen:
+            prefix, _, rest = param.name.partition(".")
+            # "ema.<name>", "accum.<name>": copies of a network parameter, named after its path
+            state[f"{prefix}.{paths[rest]}" if rest in paths else param.name] = param
+    return state
+
+
+def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta: Dict[str, object]) -> None:
+    """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file and a rename."""
     tmp = f"{path}.tmp-{os.getpid()}.ckpt"  # MindSpore appends .ckpt to any other name
+    if isinstance(state, dict):
+        state = [{"name": name, "data": param} for name, param in state.items()]
     try:
-        ms.save_checkpoint(cell, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
+        ms.save_checkpoint(state, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,14 +95,15 @@ class CheckpointManager:
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
-    def save(self, cell: nn.Cell, epoch: int, meta: Dict[str, object], is_best: bool = False) -> Optional[str]:
+    def save(self, state: Union[nn.Cell, Dict[str, ms.Parameter]], epoch: int, meta: Dict[str, object],
+             is_best: bool = False) -> Optional[str]:
         """Write the checkpoint of a finished ``epoch``; update last/best links and retention.
 
         A failed write (disk full, ...) is logged and leaves every earlier checkpoint untouched.
         """
         path = self.epoch_path(epoch)
         try:
-            write_atomic(cell, path, meta)
+            write_atomic(state, path, meta)
             _link_atomic(path, self.last_path)
             if is_best:
                 _link_atomic(path, self.best_path)

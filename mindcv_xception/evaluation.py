@@ -63,12 +63,10 @@ class Evaluator:
                 "num_images": int(totals[3]), "images_per_s": float(totals[3] / max(elapsed, 1e-9))}
 
 
-def copy_ema_into(train_step: nn.Cell, network: nn.Cell) -> None:
-    """Load the training cell's EMA weights (``ema.<name>``) into ``network``."""
-    ema = {p.name[len("ema."):]: p for p in train_step.get_parameters() if p.name.startswith("ema.")}
-    # names relative to ``network``: its parameters' own names gain a prefix once it sits in EvalStep
+def copy_ema_into(state: Dict[str, object], network: nn.Cell) -> None:
+    """Load the EMA weights of a training state (``ema.<path>``, see ``training_state``) into ``network``."""
     for name, param in network.parameters_and_names():
-        source = ema.get(name)
+        source = state.get("ema." + name)
         if source is None:
-            raise KeyError(f"the training cell has no EMA copy of {name}")
-        param.set_data(source.value().copy() if hasattr(source, "value") else source.copy())
+            raise KeyError(f"the training state has no EMA copy of {name}")
+        param.set_data(source.value().copy())

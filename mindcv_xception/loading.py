@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Mapping, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import mindspore as ms
 import numpy as np
@@ -50,36 +50,51 @@ def classifier_classes(params: Mapping[str, ArrayLike]) -> int:
     return int(weight.shape[0]) if weight is not None else 0
 
 
+def named_parameters(cell: nn.Cell) -> Dict[str, Parameter]:
+    """``cell``'s parameters by their path inside ``cell`` (``stem.0.conv.weight``).
+
+    A Parameter's own ``name`` can gain a prefix when its network is wrapped in another cell (under
+    data parallelism, for instance); the path inside the network does not change.
+    """
+    return dict(cell.parameters_and_names())
+
+
 def load_weights(net: nn.Cell, params: Mapping[str, ArrayLike], allow_new_classifier: bool = False,
                  source: str = "checkpoint") -> None:
-    """Load ``params`` into ``net`` strictly.
+    """Load ``params`` into ``net`` strictly (see ``load_state``), by the parameters' paths in ``net``."""
+    load_state(named_parameters(net), params, allow_new_classifier, source, getattr(net, "num_classes", None))
+
+
+def load_state(own: Mapping[str, Parameter], params: Mapping[str, ArrayLike], allow_new_classifier: bool = False,
+               source: str = "checkpoint", num_classes: Optional[int] = None) -> None:
+    """Set every parameter in ``own`` (name -> Parameter) from ``params``, strictly.
 
     Args:
-        net: the network; all of its parameters (BatchNorm statistics too) must be in ``params``.
-        params: name -> array, MindSpore names of ``net``.
-        allow_new_classifier: keep ``net``'s own classifier when the checkpoint has none or one of
+        own: the parameters to set, by checkpoint name; all of them must be in ``params``.
+        params: name -> array.
+        allow_new_classifier: keep the own classifier when the checkpoint has none or one of
             another class count (fine-tuning onto new classes); this is logged.
         source: how to name the checkpoint in messages (a path, usually).
+        num_classes: the network's class count, for messages.
     Raises:
         CheckpointError: a parameter is missing or has the wrong shape, naming them.
     """
-    own = {p.name: p for p in net.get_parameters()}
     missing = [n for n in own if n not in params]
     mismatched = [n for n in own if n in params and tuple(params[n].shape) != tuple(own[n].shape)]
     bad = missing + mismatched
     if allow_new_classifier and bad and all(n.startswith(CLASSIFIER_PREFIX) for n in bad):
         theirs = classifier_classes(params)
         logger.info("Classifier left newly initialised: %s has %s classes, the network %s",
-                    source, theirs or "no classifier with", getattr(net, "num_classes", "?"))
+                    source, theirs or "no classifier with", num_classes if num_classes is not None else "?")
         missing, mismatched = [], []
         skip = set(bad)
     else:
         skip = set()
     if bad and not skip:
-        theirs, ours = classifier_classes(params), getattr(net, "num_classes", None)
-        if set(bad) <= {CLASSIFIER_PREFIX + "weight", CLASSIFIER_PREFIX + "bias"} and theirs != ours:
+        theirs = classifier_classes(params)
+        if set(bad) <= {CLASSIFIER_PREFIX + "weight", CLASSIFIER_PREFIX + "bias"} and theirs != num_classes:
             raise CheckpointError(
-                f"{source} is for {theirs or 'no'} classes but the network has {ours}: set num_classes to "
+                f"{source} is for {theirs or 'no'} classes but the network has {num_classes}: set num_classes to "
                 f"{theirs}, or fine-tune from it (pretrained weights / --ckpt_path) to get a new classifier")
         parts = []
         if missing:

@@ -18,11 +18,11 @@ import numpy as np
 from mindspore import nn
 
 from . import data as data_mod
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, training_state
 from .config import Config, save_config
 from .distributed import Runtime, setup_runtime
 from .evaluation import Evaluator, copy_ema_into
-from .loading import CheckpointError, checkpoint_meta, load_weights, network_params, read_checkpoint
+from .loading import CheckpointError, checkpoint_meta, load_state, load_weights, network_params, read_checkpoint
 
 logger = logging.getLogger("mindcv_xception")
 
@@ -111,7 +111,7 @@ def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, 
     return net, optimizer, step
 
 
-def _resume(cfg: Config, manager: CheckpointManager, step_cell: nn.Cell, optimizer, num_classes: int):
+def _resume(cfg: Config, manager: CheckpointManager, state: Dict[str, ms.Parameter], optimizer, num_classes: int):
     path = manager.newest_valid() if cfg.resume == "auto" else (cfg.resume, read_checkpoint(cfg.resume))
     path, params = path
     meta = checkpoint_meta(params)
@@ -124,7 +124,7 @@ def _resume(cfg: Config, manager: CheckpointManager, step_cell: nn.Cell, optimiz
     if meta.get("epoch_size") != cfg.epoch_size:
         raise CheckpointError(f"{path} was trained for epoch_size {meta.get('epoch_size')}, this run asks "
                               f"{cfg.epoch_size}; resume with --epoch_size {meta.get('epoch_size')}")
-    load_weights(step_cell, params, source=path)
+    load_state(state, params, source=path, num_classes=num_classes)
     logger.info("Resumed from %s: epoch %d of %d done, global step %d", path, meta["epoch"], cfg.epoch_size,
                 meta["global_step"])
     if "lr" in getattr(cfg, "explicit", ()):
@@ -218,10 +218,11 @@ def train(cfg: Config) -> Dict[str, object]:
                 "on" if cfg.lr_scale else "off", cfg.lr_base_batch_size)
 
     net, optimizer, step_cell = build_training(cfg, runtime, num_classes, steps, lrs)
+    state = training_state(step_cell, net)
     manager = CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max)
     meta: Dict[str, object] = {"epoch": 0, "global_step": 0, "best_top1": None}
     if cfg.resume:
-        meta = _resume(cfg, manager, step_cell, optimizer, num_classes)
+        meta = _resume(cfg, manager, state, optimizer, num_classes)
     elif runtime.is_main and manager.epoch_files():
         logger.warning("%s already holds checkpoints; they will be overwritten (use --resume to continue)", run_dir)
     if runtime.is_main:
@@ -279,7 +280,7 @@ def train(cfg: Config) -> Dict[str, object]:
         if cfg.val_while_train and len(val_folder) and ((epoch + 1) % cfg.val_interval == 0
                                                         or epoch + 1 == cfg.epoch_size):
             if eval_net is not None:
-                copy_ema_into(step_cell, eval_net)
+                copy_ema_into(state, eval_net)
             result = evaluator.run(val_folder, cfg)
             record.update(val_top1=result["top1"], val_top5=result["top5"], val_loss=result["loss"])
         is_best = record.get("val_top1") is not None and (best is None or record["val_top1"] > best)
@@ -293,14 +294,14 @@ def train(cfg: Config) -> Dict[str, object]:
                 "middle_depth": cfg.middle_depth,
                 "ema": cfg.ema}
         if runtime.is_main:
-            manager.save(step_cell, epoch + 1, meta, is_best)
+            manager.save(state, epoch + 1, meta, is_best)
             write_metrics(run_dir, record)
         logger.info("epoch %d/%d done: loss %.4f lr %.6g val top-1 %s top-5 %s %.1f img/s ETA %.0fs",
                     epoch + 1, cfg.epoch_size, record["train_loss"], record["lr"],
                     _pct(record.get("val_top1")), _pct(record.get("val_top5")), record["images_per_s"],
                     record["eta_s"])
         last = record
-    logger.info("Final weights digest on rank %d: %s", runtime.rank, weights_digest(net))
+    logger.info("Final trainable weights digest on rank %d: %s", runtime.rank, weights_digest(net))
     if runtime.is_main:
         curves = plot_curves(run_dir)
         logger.info("Run folder %s: last checkpoint %s, best %s, metrics %s, curves %s", run_dir,
@@ -309,11 +310,15 @@ def train(cfg: Config) -> Dict[str, object]:
 
 
 def weights_digest(net: nn.Cell) -> str:
-    """A short hash of all network parameters (equal on every rank of a data-parallel run)."""
+    """A short hash of the trainable parameters: equal on every rank of a data-parallel run.
+
+    BatchNorm moving statistics are left out: each rank averages its own batches (as in MindCV and
+    PyTorch DDP); checkpoints carry rank 0's.
+    """
     import hashlib
 
     digest = hashlib.sha1()
-    for param in net.get_parameters():
+    for param in net.trainable_params():
         digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()[:16]
 

@@ -45,7 +45,7 @@ def two_process_run(digits_dir, tmp_path_factory):
 def test_both_ranks_finish_with_the_same_weights(two_process_run):
     _, logs = two_process_run
     assert len(logs) == 2
-    digests = [re.search(r"Final weights digest on rank (\d): (\w+)", log) for log in logs]
+    digests = [re.search(r"Final trainable weights digest on rank (\d): (\w+)", log) for log in logs]
     assert all(digests) and {d.group(1) for d in digests} == {"0", "1"}
     assert digests[0].group(2) == digests[1].group(2)
 
