@@ -1,0 +1,122 @@
+"""Keras 3 (JAX backend) reference for the conversion tests; run as a subprocess, never imported
+next to MindSpore.
+
+    python tests/keras_reference.py OUT_DIR
+
+Reads OUT_DIR/inputs.npz (``x299``, ``x224``, ``x96``: NCHW images in [-1, 1]) and writes, for a
+``keras.applications.Xception(weights=None)`` given random but realistic weights:
+
+* official.h5 / official_notop.h5: the weights in the official files' legacy Keras-2 layout and names;
+* resave.weights.h5 (Keras 3 ``save_weights``) and resave.h5 (Keras 3 full-model ``.h5``);
+* ten.weights.h5: a 10-class Xception's weights;
+* reference.npz: ``logits`` (top model at 299), ``features`` (no-top, pooling='avg', at 224),
+  ``ten_logits`` (10-class model at 96).
+"""
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def randomize(model, rng):
+    """He-scaled kernels, BN statistics drawn at random (a few variances below 1e-3), spread-out head."""
+    for layer in model.layers:
+        small = None
+        for w in layer.weights:
+            shape, name = tuple(w.shape), w.name
+            if name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+                fan_in = int(np.prod(shape[:-1])) if name != "depthwise_kernel" else int(np.prod(shape[:2]))
+                value = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
+            elif name == "gamma":
+                value = rng.uniform(0.5, 1.5, shape)
+                # a few channels get a variance below 1e-3 (set below); their gamma keeps them at the
+                # usual scale with Keras's eps 1e-3, so a wrong eps changes them ~3x without blowing up
+                small = rng.choice(shape[0], size=max(1, shape[0] // 64), replace=False)
+                gamma_small = value[small]
+            elif name == "beta":
+                value = rng.normal(0, 0.2, shape)
+            elif name == "moving_mean":
+                value = rng.normal(0, 0.5, shape)
+            elif name == "moving_variance":
+                value = rng.uniform(0.5, 3.0, shape)
+                value[small] = rng.uniform(1e-5, 5e-4, small.shape)
+            elif name == "bias":
+                value = rng.normal(0, 0.5, shape)
+            else:
+                raise ValueError(f"unexpected weight {w.path}")
+            w.assign(value.astype("float32"))
+        if small is not None:  # gamma = c * sqrt(var + 1e-3) for the small-variance channels
+            gamma, variance = layer.weights[0], layer.weights[3]
+            fixed = np.asarray(gamma.numpy()).copy()
+            fixed[small] = gamma_small * np.sqrt(np.asarray(variance.numpy())[small] + 1e-3)
+            gamma.assign(fixed)
+
+
+def official_names(model):
+    """Keras 3 layer name -> the official file's: residual convs / BNs are conv2d_1..4 / batch_normalization_1..4."""
+    names, convs, bns = {}, 0, 0
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.SeparableConv2D) \
+                and not name.startswith("block"):
+            convs += 1
+            name = f"conv2d_{convs}"
+        elif isinstance(layer, keras.layers.BatchNormalization) and not name.startswith("block"):
+            bns += 1
+            name = f"batch_normalization_{bns}"
+        elif isinstance(layer, keras.layers.InputLayer):
+            name = "input_1"
+        names[layer.name] = name
+    return names
+
+
+def save_legacy(model, path):
+    """The legacy Keras-2 HDF5 weight layout of the official files, written by hand."""
+    names = official_names(model)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([names[l.name].encode() for l in model.layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.0.8"
+        for layer in model.layers:
+            name = names[layer.name]
+            group = f.create_group(name)
+            weight_names = [f"{name}/{w.name}:0".encode() for w in layer.weights]
+            group.attrs["weight_names"] = np.array(weight_names, dtype="S") if weight_names else np.zeros((0,), "S1")
+            for weight_name, w in zip(weight_names, layer.weights):
+                group.create_dataset(weight_name.decode(), data=np.asarray(w.numpy(), dtype="float32"))
+
+
+def nhwc(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def main(out):
+    inputs = np.load(os.path.join(out, "inputs.npz"))
+    rng = np.random.default_rng(0)
+    top = keras.applications.Xception(weights=None, classifier_activation=None)
+    randomize(top, rng)
+    save_legacy(top, os.path.join(out, "official.h5"))
+    top.save_weights(os.path.join(out, "resave.weights.h5"))
+    top.save(os.path.join(out, "resave.h5"))
+    logits = np.asarray(top(nhwc(inputs["x299"]), training=False))
+
+    notop = keras.applications.Xception(weights=None, include_top=False, pooling="avg")
+    weighted = [layer for layer in top.layers if layer.weights]
+    for layer, source in zip([layer for layer in notop.layers if layer.weights], weighted):
+        layer.set_weights(source.get_weights())  # by order: the residual layers' auto-names differ
+    save_legacy(notop, os.path.join(out, "official_notop.h5"))
+    features = np.asarray(notop(nhwc(inputs["x224"]), training=False))
+
+    ten = keras.applications.Xception(weights=None, classes=10, input_shape=(96, 96, 3), classifier_activation=None)
+    randomize(ten, rng)
+    ten.save_weights(os.path.join(out, "ten.weights.h5"))
+    ten_logits = np.asarray(ten(nhwc(inputs["x96"]), training=False))
+    np.savez(os.path.join(out, "reference.npz"), logits=logits, features=features, ten_logits=ten_logits)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
