@@ -71,9 +71,11 @@ def _role(weight_name: str) -> str:
     return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
 
 
-def _kind_from_roles(roles: List[str], where: str) -> str:
+def _kind_from_roles(roles: List[str], arrays: Dict[str, np.ndarray], where: str) -> str:
     for kind, expected in ROLES.items():
         if sorted(roles) == sorted(expected):
+            if kind == DENSE and arrays["kernel"].ndim != 2:
+                break  # a conv with a bias: Xception's convs have none
             return kind
     raise KerasWeightsError(f"{where}: weights {roles} are not those of an Xception layer "
                             f"(conv, separable conv, batch norm or dense)")
@@ -94,7 +96,7 @@ def _read_legacy_group(group, source: str) -> List[KerasLayer]:
             if weight_name not in group[name]:
                 raise KerasWeightsError(f"{source}: array {name}/{weight_name} is missing (truncated file?)")
             arrays[_role(weight_name)] = np.asarray(group[name][weight_name], dtype=np.float32)
-        kind = _kind_from_roles([_role(w) for w in weight_names], f"{source}: layer {name}")
+        kind = _kind_from_roles([_role(w) for w in weight_names], arrays, f"{source}: layer {name}")
         layers.append(KerasLayer(name, kind, arrays))
     return layers
 
