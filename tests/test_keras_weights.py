@@ -57,6 +57,22 @@ def test_notop_file_gives_keras_pooled_features_at_224(keras_reference, tmp_path
     _assert_matches(ours, np.load(keras_reference / "reference.npz")["features"])
 
 
+def test_reference_outputs_would_expose_a_wrong_bn_eps(keras_reference, tmp_path):
+    """The parity tests are sharp: mindcv's BatchNorm eps 1e-5 instead of Keras's 1e-3 is far off."""
+    from mindcv.models import create_model
+
+    from mindcv_xception.loading import load_weights_file
+
+    dst = str(tmp_path / "notop.ckpt")
+    convert_keras(str(keras_reference / "official_notop.h5"), dst)
+    net = create_model("xception", num_classes=0, bn_eps=1e-5)
+    load_weights_file(net, dst)
+    net.set_train(False)
+    ours = _run(net, np.load(keras_reference / "inputs.npz")["x224"])
+    with pytest.raises(AssertionError, match="max difference"):
+        _assert_matches(ours, np.load(keras_reference / "reference.npz")["features"])
+
+
 def test_converted_checkpoint_carries_the_metadata_record(official):
     meta = checkpoint_meta(read_checkpoint(official))
     assert meta == {"model": "xception", "num_classes": 1000, "class_names": None, "source": "keras:official.h5"}
