@@ -82,43 +82,59 @@ def _kind_from_roles(roles: List[str], arrays: Dict[str, np.ndarray], where: str
 
 
 def _read_legacy_group(group, source: str) -> List[KerasLayer]:
-    """Layers of a Keras-2 style weights group (root of the official files, or ``model_weights``)."""
+    """Layers of a Keras-2 style weights group (root of the official files, or ``model_weights``).
+
+    A nested model (an Xception inside the user's Sequential) is one group whose ``weight_names``
+    span many layers ('block1_conv1/kernel', 'block1_conv1_bn/gamma', ...): they are split by
+    their layer prefix, keeping their order.
+    """
     layers = []
     for raw_name in group.attrs["layer_names"]:
         name = _text(raw_name)
         if name not in group:
             raise KerasWeightsError(f"{source}: layer {name} is listed but not stored (truncated file?)")
-        weight_names = [_text(w) for w in group[name].attrs.get("weight_names", [])]
-        if not weight_names:
-            continue
-        arrays = {}
-        for weight_name in weight_names:  # weight_names order, not h5py's alphabetical one
-            if weight_name not in group[name]:
-                raise KerasWeightsError(f"{source}: array {name}/{weight_name} is missing (truncated file?)")
-            arrays[_role(weight_name)] = np.asarray(group[name][weight_name], dtype=np.float32)
-        kind = _kind_from_roles([_role(w) for w in weight_names], arrays, f"{source}: layer {name}")
-        layers.append(KerasLayer(name, kind, arrays))
+        by_layer: Dict[str, List[str]] = {}
+        for weight_name in (_text(w) for w in group[name].attrs.get("weight_names", [])):
+            by_layer.setdefault(weight_name.rsplit("/", 1)[0], []).append(weight_name)
+        for prefix, weight_names in by_layer.items():
+            arrays = {}
+            for weight_name in weight_names:  # weight_names order, not h5py's alphabetical one
+                if weight_name not in group[name]:
+                    raise KerasWeightsError(f"{source}: array {name}/{weight_name} is missing (truncated file?)")
+                arrays[_role(weight_name)] = np.asarray(group[name][weight_name], dtype=np.float32)
+            layer_name = prefix.rsplit("/", 1)[-1]
+            kind = _kind_from_roles([_role(w) for w in weight_names], arrays, f"{source}: layer {layer_name}")
+            layers.append(KerasLayer(layer_name, kind, arrays))
     return layers
 
 
 def _read_keras3_weights(group, source: str) -> Dict[str, List[KerasLayer]]:
-    """Layers of a Keras 3 ``.weights.h5``, per kind, each list in the model's order."""
-    by_kind: Dict[str, List[Tuple[int, KerasLayer]]] = {kind: [] for kind in ROLES}
+    """Layers of a Keras 3 ``.weights.h5``, per kind, each list in the model's order.
+
+    A nested model (a group with its own ``layers``) contributes its layers before the
+    container's own ones: an Xception inside a Sequential comes before the user's head.
+    """
+    own: Dict[str, List[Tuple[int, KerasLayer]]] = {kind: [] for kind in ROLES}
+    nested = []
     for key, layer_group in group["layers"].items():
-        match = re.fullmatch(r"([a-z0-9_]+?)(?:_(\d+))?", key)
-        kind = CLASS_GROUPS.get(match.group(1)) if match else None
+        if "layers" in layer_group:
+            nested.append(_read_keras3_weights(layer_group, source))
+            continue
         variables = layer_group.get("vars")
         if variables is None or not len(variables):
             continue
-        if kind is None:
-            raise KerasWeightsError(f"{source}: layer group {key} is not a layer kind of Xception")
+        match = re.fullmatch(r"([a-z0-9_]+?)(?:_(\d+))?", key)
+        kind = CLASS_GROUPS.get(match.group(1)) if match else None
         name = _text(layer_group.attrs.get("name", key))
+        if kind is None:
+            raise KerasWeightsError(f"{source}: layer {name} ({key}) is not a layer kind of Xception")
         values = [np.asarray(variables[i], dtype=np.float32) for i in sorted(variables, key=int)]
         roles = ROLES[kind]
         if len(values) != len(roles):
             raise KerasWeightsError(f"{source}: layer {name} has {len(values)} arrays, a {kind} has {len(roles)}")
-        by_kind[kind].append((int(match.group(2) or 0), KerasLayer(name, kind, dict(zip(roles, values)))))
-    return {kind: [layer for _, layer in sorted(found)] for kind, found in by_kind.items()}
+        own[kind].append((int(match.group(2) or 0), KerasLayer(name, kind, dict(zip(roles, values)))))
+    return {kind: [layer for sub in nested for layer in sub[kind]] +
+            [layer for _, layer in sorted(own[kind], key=lambda found: found[0])] for kind in ROLES}
 
 
 def xception_slot_groups(widths: XceptionWidths = XCEPTION_WIDTHS,

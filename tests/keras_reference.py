@@ -9,8 +9,9 @@ Reads OUT_DIR/inputs.npz (``x299``, ``x224``, ``x96``: NCHW images in [-1, 1]) a
 * official.h5 / official_notop.h5: the weights in the official files' legacy Keras-2 layout and names;
 * resave.weights.h5 (Keras 3 ``save_weights``) and resave.h5 (Keras 3 full-model ``.h5``);
 * ten.weights.h5: a 10-class Xception's weights;
+* nested.weights.h5 / nested.h5: a no-top Xception inside a Sequential with a 3-class head;
 * reference.npz: ``logits`` (top model at 299), ``features`` (no-top, pooling='avg', at 224),
-  ``ten_logits`` (10-class model at 96).
+  ``ten_logits`` (10-class model at 96), ``nested_logits`` (the nested model at 96).
 """
 import os
 import sys
@@ -22,9 +23,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def randomize(model, rng):
-    """He-scaled kernels, BN statistics drawn at random (a few variances below 1e-3), spread-out head."""
-    for layer in model.layers:
+def randomize(layers, rng):
+    """He-scaled kernels, BN statistics drawn at random (a few variances below 1e-3), random biases."""
+    for layer in layers:
         small = None
         for w in layer.weights:
             shape, name = tuple(w.shape), w.name
@@ -98,7 +99,7 @@ def main(out):
     inputs = np.load(os.path.join(out, "inputs.npz"))
     rng = np.random.default_rng(0)
     top = keras.applications.Xception(weights=None, classifier_activation=None)
-    randomize(top, rng)
+    randomize(top.layers, rng)
     save_legacy(top, os.path.join(out, "official.h5"))
     top.save_weights(os.path.join(out, "resave.weights.h5"))
     top.save(os.path.join(out, "resave.h5"))
@@ -112,10 +113,19 @@ def main(out):
     features = np.asarray(notop(nhwc(inputs["x224"]), training=False))
 
     ten = keras.applications.Xception(weights=None, classes=10, input_shape=(96, 96, 3), classifier_activation=None)
-    randomize(ten, rng)
+    randomize(ten.layers, rng)
     ten.save_weights(os.path.join(out, "ten.weights.h5"))
     ten_logits = np.asarray(ten(nhwc(inputs["x96"]), training=False))
-    np.savez(os.path.join(out, "reference.npz"), logits=logits, features=features, ten_logits=ten_logits)
+
+    # a user's fine-tuned model: the no-top Xception nested in a Sequential with its own head
+    base = keras.applications.Xception(weights=None, include_top=False, input_shape=(96, 96, 3), pooling="avg")
+    nested = keras.Sequential([keras.Input((96, 96, 3)), base, keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    randomize(base.layers + [nested.layers[-1]], rng)
+    nested.save_weights(os.path.join(out, "nested.weights.h5"))
+    nested.save(os.path.join(out, "nested.h5"))
+    nested_logits = np.asarray(nested(nhwc(inputs["x96"]), training=False))
+    np.savez(os.path.join(out, "reference.npz"), logits=logits, features=features, ten_logits=ten_logits,
+             nested_logits=nested_logits)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,15 @@ def test_ten_class_keras_model_converts_with_its_head_and_gives_keras_logits(ker
     _assert_matches(ours, np.load(keras_reference / "reference.npz")["ten_logits"])
 
 
+@pytest.mark.parametrize("saved", ["nested.weights.h5", "nested.h5"])
+def test_xception_nested_in_a_users_model_with_its_own_head_gives_keras_logits(keras_reference, tmp_path, saved):
+    dst = str(tmp_path / "nested.ckpt")
+    assert convert_keras(str(keras_reference / saved), dst)["num_classes"] == 3
+    net, _ = load_for_inference(dst)
+    ours = _run(net, np.load(keras_reference / "inputs.npz")["x96"])
+    _assert_matches(ours, np.load(keras_reference / "reference.npz")["nested_logits"])
+
+
 def test_shortcut_layers_listed_before_a_blocks_separable_convs_map_the_same(keras_reference, tmp_path):
     src = str(tmp_path / "shortcut_first.h5")
     shutil.copy(keras_reference / "official.h5", src)
