@@ -40,6 +40,8 @@ ROLES = {
 }
 # Keras 3 .weights.h5 names a layer's group after its class
 CLASS_GROUPS = {"conv2d": CONV, "separable_conv2d": SEPCONV, "batch_normalization": BN, "dense": DENSE}
+# the names keras.applications.Xception gives its layers (the shortcut layers are auto-named)
+OFFICIAL_NAME = re.compile(r"block\d+_(sepconv|conv)\d+(_bn)?")
 
 
 class KerasWeightsError(ValueError):
@@ -178,21 +180,23 @@ def _to_ours(slot: Slot, layer: KerasLayer) -> Dict[str, np.ndarray]:
     return {slot.prefix + ".weight": a["kernel"].T, slot.prefix + ".bias": a["bias"]}  # (in, out) -> (out, in)
 
 
-def _check(slot: Slot, layer: KerasLayer, index: int, converted: Dict[str, np.ndarray],
-           shapes: Dict[str, Tuple[int, ...]], source: str) -> None:
+def _take(slot: Slot, layer: KerasLayer, index: int, shapes: Dict[str, Tuple[int, ...]],
+          source: str) -> Dict[str, np.ndarray]:
+    """Check that ``layer`` is what ``slot`` needs (kind, official name, shapes) and convert it."""
     where = f"{source}: weighted layer {index} ({layer.name})"
     if layer.kind != slot.kind:
         raise KerasWeightsError(f"{where} is a {layer.kind} where Xception has a {slot.kind} "
                                 f"({slot.keras_name or slot.prefix}); the file is not a Keras Xception")
     if slot.keras_name and OFFICIAL_NAME.fullmatch(layer.name) and layer.name != slot.keras_name:
         raise KerasWeightsError(f"{where} stands where Xception has {slot.keras_name}; the layers are out of order")
+    converted = _to_ours(slot, layer)
     for name, value in converted.items():
         if tuple(value.shape) != tuple(shapes[name]):
             raise KerasWeightsError(f"{where} has shape {tuple(value.shape)} for {name}, Xception needs "
                                     f"{tuple(shapes[name])}; the file is not a Keras Xception of these widths")
+    return converted
 
 
-OFFICIAL_NAME = re.compile(r"block\d+_(sepconv|conv)\d+(_bn)?")
 Found = Union[List[KerasLayer], Dict[str, List[KerasLayer]]]
 
 
@@ -260,24 +264,19 @@ def map_layers(found: Found, shapes: Dict[str, Tuple[int, ...]], source: str,
             if pos >= len(layers):
                 raise KerasWeightsError(f"{source} has {len(layers)} weighted layers, fewer than a Keras "
                                         f"Xception's; it is not an Xception weight file")
-            converted = _to_ours(slot, layers[pos])
-            _check(slot, layers[pos], pos, converted, shapes, source)
-            params.update(converted)
+            params.update(_take(slot, layers[pos], pos, shapes, source))
             pos += 1
     extra = layers[pos:]
     if len(extra) > 1 or (extra and extra[0].kind != DENSE):
         names = ", ".join(layer.name for layer in extra[:4])
-        raise KerasWeightsError(f"{source} has layers after Xception's last one ({names}); it is not a plain "
-                                f"Keras Xception (for a model with its own head, save the Xception part)")
+        raise KerasWeightsError(f"{source} has weighted layers after Xception's last one ({names}); only a single "
+                                f"Dense head can be converted: save the Xception part alone (include_top=False)")
     if "classifier.weight" in shapes:
         if not extra:
             raise KerasWeightsError(f"{source} is a no-top file (no classifier) but the model has a "
                                     f"{shapes['classifier.weight'][0]}-class head; convert it with --num_classes 0 "
                                     f"(features) or use the file with the top")
-        head = Slot("classifier", DENSE, None)
-        converted = _to_ours(head, extra[0])
-        _check(head, extra[0], pos, converted, shapes, source)
-        params.update(converted)
+        params.update(_take(Slot("classifier", DENSE, None), extra[0], pos, shapes, source))
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
 
 

@@ -159,6 +159,19 @@ def test_file_of_another_network_is_refused(tmp_path, capsys):
     assert "conv1" in err and "Xception" in err
 
 
+def test_head_of_more_than_one_dense_layer_is_refused(keras_reference, tmp_path, capsys):
+    src = str(tmp_path / "two_dense.h5")
+    shutil.copy(keras_reference / "official.h5", src)
+    with h5py.File(src, "r+") as f:
+        group = f.create_group("extra_dense")
+        group.attrs["weight_names"] = np.array([b"extra_dense/kernel:0", b"extra_dense/bias:0"])
+        group.create_dataset("extra_dense/kernel:0", data=np.zeros((1000, 5), np.float32))
+        group.create_dataset("extra_dense/bias:0", data=np.zeros((5,), np.float32))
+        f.attrs["layer_names"] = np.array(list(f.attrs["layer_names"]) + [b"extra_dense"])
+    err = _convert_fails(capsys, src, str(tmp_path / "out" / "x.ckpt"))
+    assert "after Xception's last one (predictions, extra_dense)" in err
+
+
 def test_file_that_is_not_hdf5_is_refused(tmp_path, capsys):
     src = tmp_path / "notes.h5"
     src.write_text("not weights\n")
