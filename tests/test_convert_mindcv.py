@@ -36,7 +36,7 @@ def test_converted_mindcv_checkpoint_gives_mindcvs_outputs(mindcv_checkpoint, tm
     theirs, src = mindcv_checkpoint
     dst = str(tmp_path / "ours.ckpt")
     convert_mindcv(src, dst)
-    ours, meta = load_for_inference(dst)
+    ours, _ = load_for_inference(dst)
     x = images(2, 96)
     expected = theirs(x).asnumpy()
     got = ours(x).asnumpy()
