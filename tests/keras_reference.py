@@ -23,38 +23,39 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def randomize(layers, rng):
-    """He-scaled kernels, BN statistics drawn at random (a few variances below 1e-3), random biases."""
+def randomize(model, x, rng, head=()):
+    """Random but realistic weights: He-scaled kernels, random gamma / beta / biases, and BatchNorm
+    statistics measured on the images ``x`` (so activations keep a trained network's scale), then
+    jittered. A few channels of every BN get a variance below 1e-3, their gamma rescaled to keep
+    their outputs at the same scale: with Keras's eps 1e-3 they are ordinary channels, with another
+    eps they are ~3x off. ``head``: extra layers (outside ``model``) to randomise too."""
+    layers = list(model.layers) + list(head)
     for layer in layers:
-        small = None
         for w in layer.weights:
             shape, name = tuple(w.shape), w.name
             if name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-                fan_in = int(np.prod(shape[:-1])) if name != "depthwise_kernel" else int(np.prod(shape[:2]))
-                value = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
+                fan_in = int(np.prod(shape[:2])) if name == "depthwise_kernel" else int(np.prod(shape[:-1]))
+                w.assign(rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype("float32"))
             elif name == "gamma":
-                value = rng.uniform(0.5, 1.5, shape)
-                # a few channels get a variance below 1e-3 (set below); their gamma keeps them at the
-                # usual scale with Keras's eps 1e-3, so a wrong eps changes them ~3x without blowing up
-                small = rng.choice(shape[0], size=max(1, shape[0] // 64), replace=False)
-                gamma_small = value[small]
-            elif name == "beta":
-                value = rng.normal(0, 0.2, shape)
-            elif name == "moving_mean":
-                value = rng.normal(0, 0.5, shape)
-            elif name == "moving_variance":
-                value = rng.uniform(0.5, 3.0, shape)
-                value[small] = rng.uniform(1e-5, 5e-4, small.shape)
-            elif name == "bias":
-                value = rng.normal(0, 0.5, shape)
-            else:
-                raise ValueError(f"unexpected weight {w.path}")
+                w.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+            elif name in ("beta", "bias"):
+                w.assign(rng.normal(0, 0.2, shape).astype("float32"))
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:  # a training pass with momentum 0 stores each BN's batch statistics
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+        gamma, mean, variance = (np.asarray(w.numpy()).copy() for w in
+                                 (layer.gamma, layer.moving_mean, layer.moving_variance))
+        mean += rng.normal(0, 0.1, mean.shape) * np.sqrt(variance)
+        variance *= rng.uniform(0.8, 1.25, variance.shape)
+        small = rng.choice(variance.shape[0], size=max(2, variance.shape[0] // 64), replace=False)
+        tiny = rng.uniform(1e-5, 5e-4, small.shape)
+        gamma[small] *= np.sqrt((tiny + 1e-3) / (variance[small] + 1e-3))
+        variance[small] = tiny
+        for w, value in ((layer.gamma, gamma), (layer.moving_mean, mean), (layer.moving_variance, variance)):
             w.assign(value.astype("float32"))
-        if small is not None:  # gamma = c * sqrt(var + 1e-3) for the small-variance channels
-            gamma, variance = layer.weights[0], layer.weights[3]
-            fixed = np.asarray(gamma.numpy()).copy()
-            fixed[small] = gamma_small * np.sqrt(np.asarray(variance.numpy())[small] + 1e-3)
-            gamma.assign(fixed)
 
 
 def official_names(model):
@@ -99,7 +100,7 @@ def main(out):
     inputs = np.load(os.path.join(out, "inputs.npz"))
     rng = np.random.default_rng(0)
     top = keras.applications.Xception(weights=None, classifier_activation=None)
-    randomize(top.layers, rng)
+    randomize(top, nhwc(inputs["x299"]), rng)
     save_legacy(top, os.path.join(out, "official.h5"))
     top.save_weights(os.path.join(out, "resave.weights.h5"))
     top.save(os.path.join(out, "resave.h5"))
@@ -113,14 +114,14 @@ def main(out):
     features = np.asarray(notop(nhwc(inputs["x224"]), training=False))
 
     ten = keras.applications.Xception(weights=None, classes=10, input_shape=(96, 96, 3), classifier_activation=None)
-    randomize(ten.layers, rng)
+    randomize(ten, nhwc(inputs["x96"]), rng)
     ten.save_weights(os.path.join(out, "ten.weights.h5"))
     ten_logits = np.asarray(ten(nhwc(inputs["x96"]), training=False))
 
     # a user's fine-tuned model: the no-top Xception nested in a Sequential with its own head
     base = keras.applications.Xception(weights=None, include_top=False, input_shape=(96, 96, 3), pooling="avg")
     nested = keras.Sequential([keras.Input((96, 96, 3)), base, keras.layers.Dropout(0.5), keras.layers.Dense(3)])
-    randomize(base.layers + [nested.layers[-1]], rng)
+    randomize(base, nhwc(inputs["x96"]), rng, head=[nested.layers[-1]])
     nested.save_weights(os.path.join(out, "nested.weights.h5"))
     nested.save(os.path.join(out, "nested.h5"))
     nested_logits = np.asarray(nested(nhwc(inputs["x96"]), training=False))
