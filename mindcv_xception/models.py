@@ -36,10 +36,17 @@ def _cfg(param_count: int, **kwargs: Any) -> Dict[str, Any]:
     }
 
 
+KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+
 default_cfgs = {
     # Parameter counts include BatchNorm moving statistics, as Keras's count_params() does.
-    "xception": _cfg(22_910_480, paper="https://arxiv.org/abs/1610.02357",
-                     keras_top1=0.790, keras_top5=0.945),
+    # The official Keras ImageNet weights, converted on first use by ``weights.load_pretrained``;
+    # the no-top file serves num_classes != 1000 (a new head is kept).
+    "xception": _cfg(22_910_480, paper="https://arxiv.org/abs/1610.02357", keras_top1=0.790, keras_top5=0.945,
+                     url=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels.h5",
+                     md5="0a58e3b7378bc2990ea3b43d5981f1f6",
+                     url_notop=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     md5_notop="b0042744bf5b25fce3cb969f33bebb97"),
     "xception_small": _cfg(6_338_540),
 }
 

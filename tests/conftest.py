@@ -72,3 +72,33 @@ def keep_val_images(val_dir: str, n: int) -> None:
             if total > n and len(files) > 1:
                 os.remove(os.path.join(val_dir, c, files.pop()))
                 total -= 1
+
+def sample_photos():
+    """Real photos shipped with scikit-image, as PIL images."""
+    from PIL import Image
+    from skimage import data
+
+    return [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
+
+
+@pytest.fixture(scope="session")
+def keras_reference(tmp_path_factory):
+    """Keras 3 reference files and outputs (see tests/keras_reference.py), built once per session in a
+    subprocess (JAX backend, random weights, no download). Inputs: real photos through our preprocessing."""
+    import os
+    import subprocess
+    import sys
+
+    from mindcv_xception.inference import preprocess
+
+    out = tmp_path_factory.mktemp("keras")
+    photos = sample_photos()
+    np.savez(out / "inputs.npz",
+             x299=np.stack([preprocess(p, 299) for p in photos[:2]]),
+             x224=np.stack([preprocess(p, 224) for p in photos[1:]]),
+             x96=np.stack([preprocess(p, 96) for p in photos[:2]]))
+    script = os.path.join(os.path.dirname(__file__), "keras_reference.py")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, script, str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"Keras reference failed:\n{done.stderr[-3000:]}"
+    return out

@@ -1,0 +1,113 @@
+"""Pretrained weights: the official Keras ImageNet files, downloaded, checked, converted, cached.
+
+``create_model('xception', pretrained=True)`` calls ``load_pretrained``. It looks in the cache
+directory (``$MINDCV_XCEPTION_CACHE``, default ``~/.cache/mindcv_xception``) for
+
+1. the converted checkpoint (``xception_keras_imagenet.ckpt`` / ``..._notop.ckpt``), else
+2. the Keras file itself (``xception_weights_tf_dim_ordering_tf_kernels[_notop].h5``, e.g. copied
+   there by hand on an offline machine), else
+3. downloads that file from the address in ``default_cfgs['xception']`` (``url`` / ``url_notop``),
+
+checks the Keras file's md5 (``md5`` / ``md5_notop``), converts it and caches the checkpoint.
+1000 classes take the file with the top; any other count takes the no-top file and keeps a new head.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.parse
+import urllib.request
+from typing import Optional
+
+from mindspore import nn
+
+from .loading import CheckpointError, load_weights_file
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "MINDCV_XCEPTION_CACHE"
+
+
+class PretrainedError(RuntimeError):
+    """Pretrained weights that cannot be had (download failed, wrong checksum, unsupported model)."""
+
+
+def cache_dir() -> str:
+    """Where converted weights are kept: ``$MINDCV_XCEPTION_CACHE`` or ``~/.cache/mindcv_xception``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mindcv_xception")
+
+
+def file_md5(path: str) -> str:
+    """The md5 hex digest of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dst: str, md5: Optional[str] = None) -> str:
+    """Fetch ``url`` (http(s), ``file://`` or a plain path) to ``dst`` via a temporary file renamed
+    at the end; with ``md5``, a file with another checksum is deleted and refused."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.part")
+    opened = url if urllib.parse.urlparse(url).scheme else "file://" + urllib.request.pathname2url(os.path.abspath(url))
+    try:
+        try:
+            with urllib.request.urlopen(opened, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (OSError, ValueError) as exc:  # URLError is an OSError
+            raise PretrainedError(f"could not download {url}: {getattr(exc, 'reason', exc)}; on an offline machine "
+                                  f"put {os.path.basename(dst)} in {folder} (set {CACHE_ENV})") from None
+        if md5 is not None:
+            got = file_md5(tmp)
+            if got != md5:
+                raise PretrainedError(f"{url} has md5 {got}, expected {md5}: a corrupt or wrong download; "
+                                      f"nothing was kept, try again")
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dst
+
+
+def pretrained_checkpoint(name: str = "xception", top: bool = True) -> str:
+    """The path of the cached converted checkpoint, making it (download, md5, convert) if needed."""
+    from .convert import convert_keras
+    from .models import default_cfgs
+
+    if name != "xception":
+        raise PretrainedError(f"{name} has no pretrained weights; use 'xception'")
+    cfg = default_cfgs[name]
+    suffix = "" if top else "_notop"
+    url, md5 = cfg["url" + suffix], cfg["md5" + suffix]
+    folder = cache_dir()
+    ckpt = os.path.join(folder, f"xception_keras_imagenet{suffix}.ckpt")
+    if os.path.isfile(ckpt):
+        return ckpt
+    keras_file = os.path.join(folder, f"xception_weights_tf_dim_ordering_tf_kernels{suffix}.h5")
+    if os.path.isfile(keras_file):
+        if file_md5(keras_file) != md5:
+            raise PretrainedError(f"{keras_file} does not have the official md5 {md5}; delete it to download again")
+    else:
+        logger.info("Downloading %s to %s", url, folder)
+        download(url, keras_file, md5)
+    convert_keras(keras_file, ckpt, num_classes=1000 if top else 0, source=url)
+    return ckpt
+
+
+def load_pretrained(model: nn.Cell, name: str, num_classes: int = 1000, in_channels: int = 3) -> None:
+    """Load the official Keras ImageNet weights into ``model`` (strictly); a new head for other class counts."""
+    if in_channels != 3:
+        raise PretrainedError(f"the ImageNet weights are for RGB images (in_channels=3), not {in_channels}")
+    top = num_classes == 1000 and not getattr(model, "features_only", False)
+    path = pretrained_checkpoint(name, top=top)
+    if not top:
+        logger.info("Pretrained %s: ImageNet backbone from the no-top weights, new %d-class head", name, num_classes)
+    try:
+        load_weights_file(model, path, allow_new_classifier=not top)
+    except CheckpointError as exc:
+        raise PretrainedError(f"cached {path} does not fit the model ({exc}); delete it to convert again") from None
