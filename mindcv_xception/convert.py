@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -115,14 +115,24 @@ def mindcv_name_map(their_names: Sequence[str]) -> Dict[str, str]:
     return mapping
 
 
+def is_mindcv_checkpoint(params: Mapping[str, object]) -> bool:
+    """Whether ``params`` are named like mindcv 0.3.0's own Xception (``conv1``, ``blocks.*``)."""
+    return "conv1.weight" in params and any(n.startswith("blocks.") for n in params)
+
+
+def mindcv_params_to_ours(theirs: Mapping[str, object]) -> Dict[str, np.ndarray]:
+    """mindcv 0.3.0 Xception parameters renamed to ours (arrays unchanged)."""
+    mapping = mindcv_name_map(list(theirs))
+    return {ours: theirs[name].asnumpy() for name, ours in mapping.items() if name in theirs}
+
+
 def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dict[str, object]:
     """Convert a mindcv 0.3.0 Xception checkpoint to ours (BatchNorm eps 1e-5 recorded in the metadata)."""
     theirs = read_checkpoint(src)
-    if "conv1.weight" not in theirs or not any(n.startswith("blocks.") for n in theirs):
+    if not is_mindcv_checkpoint(theirs):
         raise CheckpointError(f"{src} is not a mindcv Xception checkpoint (no conv1 / blocks.* parameters); "
                               f"for our own checkpoints no conversion is needed")
-    mapping = mindcv_name_map(list(theirs))
-    params = {ours: theirs[name].asnumpy() for name, ours in mapping.items() if name in theirs}
+    params = mindcv_params_to_ours(theirs)
     file_classes = int(params["classifier.weight"].shape[0]) if "classifier.weight" in params else 0
     if num_classes is None:
         num_classes = file_classes

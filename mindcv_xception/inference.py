@@ -115,6 +115,9 @@ def load_for_inference(ckpt_path: str, model: Optional[str] = None,
     elif num_classes is None:
         num_classes = classifier_classes(weights)
     kwargs = {"bn_eps": float(meta["bn_eps"])} if "bn_eps" in meta else {}
+    for key in ("middle_depth", "in_channels"):  # recorded by training checkpoints
+        if key in meta:
+            kwargs[key] = int(meta[key])
     net = create_model(model, num_classes=num_classes, **kwargs)
     load_weights(net, weights, source=ckpt_path)
     net.set_train(False)

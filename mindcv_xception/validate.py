@@ -13,7 +13,7 @@ from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
-from .loading import checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
+from .loading import META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 logger = logging.getLogger(__name__)
 VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text")]
@@ -46,8 +46,9 @@ def validate(cfg: Config) -> Dict[str, float]:
     if cfg.num_classes != len(folder.class_names) and not (cfg.num_classes == 1000 and not meta.get("class_names")):
         raise ConfigError(f"the checkpoint has {cfg.num_classes} classes but {folder.root} has "
                           f"{len(folder.class_names)} class folders; validate on the data it was trained for")
+    extra = {"bn_eps": float(meta["bn_eps"])} if "bn_eps" in meta else {}
     net = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                       middle_depth=cfg.middle_depth)
+                       middle_depth=cfg.middle_depth, **extra)
     load_weights(net, network_params(params, use_ema=cfg.use_ema_weights), source=cfg.ckpt_path)
     net.set_train(False)
     result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg)
@@ -56,14 +57,13 @@ def validate(cfg: Config) -> Dict[str, float]:
 
 
 def _to_our_names(params):
-    """MindCV's own xception checkpoints use other names: map them (the converter knows how)."""
-    if "stem.0.conv.weight" in params or "ema.stem.0.conv.weight" in params:
+    """MindCV's own xception checkpoints use other names and BatchNorm eps 1e-5: map them."""
+    from .convert import MINDCV_BN_EPS, is_mindcv_checkpoint, mindcv_params_to_ours
+
+    if not is_mindcv_checkpoint(params):
         return params
-    try:
-        from .convert import mindcv_to_ours
-    except ImportError:
-        return params
-    return mindcv_to_ours(params)
+    meta = {"model": "xception", "num_classes": classifier_classes(params), "bn_eps": MINDCV_BN_EPS}
+    return {**mindcv_params_to_ours(params), META_KEY: json.dumps(meta)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
