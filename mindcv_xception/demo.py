@@ -8,11 +8,13 @@ Each step runs the real script, as a user would type it.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import subprocess
 import sys
 import time
+from typing import Optional, Sequence
 
 RECIPE = "configs/xception/xception_cpu.yaml"
 DATA = "data/digits"
@@ -26,31 +28,40 @@ def _run(args: list) -> None:
         sys.exit(f"demo: `python {' '.join(args)}` failed with exit code {code}")
 
 
-def main(epochs: int = 0) -> None:
-    """Run the demo from the repository root; ``epochs`` > 0 shortens the training (tests)."""
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the demo from the repository root (``--epochs`` shortens the training, for tests)."""
+    parser = argparse.ArgumentParser(description="The main job on scikit-learn's digits: train, validate, infer.")
+    parser.add_argument("--epochs", type=int, default=0, help="override the recipe's epoch_size")
+    parser.add_argument("--data", default=DATA, help="where the digits image folder is written")
+    parser.add_argument("--run", default=RUN, help="the run folder (checkpoints, metrics, curves)")
+    args = parser.parse_args(argv)
+    run(args.epochs, args.data, args.run)
+
+
+def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN) -> None:
+    """Write the data if missing, train (or resume), validate and predict a few held-out images."""
     start = time.time()
-    if not os.path.isdir(os.path.join(DATA, "val")):
+    if not os.path.isdir(os.path.join(data, "val")):
         from .digits import make_digits_folder
 
-        counts = make_digits_folder(DATA, size=72, val_fraction=0.2)
-        print(f"wrote {counts['train']} training and {counts['val']} validation digit images to {DATA}")
-    train = ["train.py", "--config", RECIPE, "--data_dir", DATA, "--ckpt_save_dir", RUN]
+        counts = make_digits_folder(data, size=72, val_fraction=0.2)
+        print(f"wrote {counts['train']} training and {counts['val']} validation digit images to {data}")
+    train = ["train.py", "--config", RECIPE, "--data_dir", data, "--ckpt_save_dir", run_dir]
     if epochs:
         train += ["--epoch_size", str(epochs)]
-    if glob.glob(os.path.join(RUN, "*-e*.ckpt")):
-        print(f"{RUN} holds checkpoints of an earlier run: resuming it")
+    if glob.glob(os.path.join(run_dir, "*-e*.ckpt")):
+        print(f"{run_dir} holds checkpoints of an earlier run: resuming it")
         train.append("--resume")
     _run(train)
-    best = os.path.join(RUN, "best.ckpt")
-    _run(["validate.py", "--config", RECIPE, "--data_dir", DATA, "--ckpt_path", best])
-    samples = sorted(glob.glob(os.path.join(DATA, "val", "*", "*.png")))[::60][:4]
-    if os.path.exists("infer.py"):
-        _run(["infer.py", "--ckpt_path", best, *samples])
+    best = os.path.join(run_dir, "best.ckpt")
+    _run(["validate.py", "--config", RECIPE, "--data_dir", data, "--ckpt_path", best])
+    samples = sorted(glob.glob(os.path.join(data, "val", "*", "*.png")))[::90][:4]
+    _run(["infer.py", "--ckpt_path", best, *samples])
     print(f"\ndemo finished in {time.time() - start:.0f} s")
-    print(f"  checkpoint: {best} (and {os.path.join(RUN, 'last.ckpt')})")
-    print(f"  metrics:    {os.path.join(RUN, 'metrics.jsonl')}")
-    print(f"  curves:     {os.path.join(RUN, 'curves.png')}")
+    print(f"  checkpoint: {best} (and {os.path.join(run_dir, 'last.ckpt')})")
+    print(f"  metrics:    {os.path.join(run_dir, 'metrics.jsonl')}")
+    print(f"  curves:     {os.path.join(run_dir, 'curves.png')}")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    main()

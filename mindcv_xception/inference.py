@@ -170,8 +170,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if meta["num_classes"] == 0:
             raise CheckpointError(f"{args.ckpt_path} has no classifier (a feature extractor); it cannot classify")
         cfg = default_cfgs.get(meta["model"], {})
-        image_size = args.image_size or int(cfg.get("input_size", (3, 299, 299))[-1])
-        crop_pct = float(cfg.get("crop_pct", DEFAULT_CROP_PCT))
+        # a training checkpoint records the input size and crop it was validated with
+        image_size = args.image_size or int(meta.get("image_resize") or cfg.get("input_size", (3, 299, 299))[-1])
+        crop_pct = float(meta.get("crop_pct") or cfg.get("crop_pct", DEFAULT_CROP_PCT))
         names = class_names_for(meta, meta["num_classes"])
         results = classify(net, paths, names, image_size, crop_pct, args.top_k)
     except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:

@@ -290,7 +290,7 @@ def train(cfg: Config) -> Dict[str, object]:
         record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
         meta = {"model": cfg.model, "num_classes": num_classes, "class_names": train_folder.class_names,
                 "epoch": epoch + 1, "global_step": global_step, "epoch_size": cfg.epoch_size, "best_top1": best,
-                "config_digest": cfg.digest(), "image_resize": cfg.image_resize, "in_channels": cfg.in_channels,
+                "config_digest": cfg.digest(), "image_resize": cfg.image_resize, "crop_pct": cfg.crop_pct, "in_channels": cfg.in_channels,
                 "middle_depth": cfg.middle_depth,
                 "ema": cfg.ema}
         if runtime.is_main:

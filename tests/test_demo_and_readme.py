@@ -1,0 +1,52 @@
+"""The main job out of the box: a shortened demo run, and every README command's flags exist."""
+import json
+import os
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO, run_script
+
+
+def readme_commands():
+    """Each command line in the README's bash code blocks (msrun prefixes dropped)."""
+    text = open(os.path.join(REPO, "README.md")).read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("msrun"):
+                line = line[line.index("python"):]
+            if line:
+                commands.append(line)
+    return commands
+
+
+def test_readme_shows_the_two_setup_commands_first():
+    commands = readme_commands()
+    assert commands[:2] == ["make demo", "make test"]
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("python")])
+def test_readme_command_flags_exist(command):
+    words = shlex.split(command)
+    target = words[1:3] if words[1] == "-m" else words[1:2]
+    code, out, err = run_script([*target, "--help"], timeout=300)
+    assert code == 0, err[-1000:]
+    for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+        assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", out), f"{flag} is not an option of {' '.join(target)}"
+
+
+def test_shortened_demo_trains_validates_and_predicts(tmp_path):
+    data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
+    code, out, err = run_script(["-m", "mindcv_xception.demo", "--epochs", "1", "--data", data, "--run", run_dir],
+                                timeout=1500)
+    assert code == 0, (out + err)[-3000:]
+    metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert len(metrics) == 1 and metrics[0]["val_top1"] > 0.5  # 10 classes: chance is 0.1
+    assert re.search(r"acc@top1 \d+\.\d+%", out)  # validate.py ran
+    assert len(re.findall(r"^  1\. \d\.\d{4}  \d", out, re.M)) == 4  # infer.py's top-1 line for 4 images
+    assert f"curves:     {os.path.join(run_dir, 'curves.png')}" in out and os.path.exists(os.path.join(run_dir, "curves.png"))
