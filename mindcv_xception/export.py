@@ -20,6 +20,7 @@ import numpy as np
 from mindspore import nn
 
 from .inference import load_for_inference
+from .network import SeparableConv2d
 from .loading import CheckpointError
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -29,6 +30,10 @@ def build_export_network(ckpt_path: str, model: Optional[str] = None,
                          num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
     """The network to export, in eval mode, float32. The one place to swap in a faster inference network."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, SeparableConv2d):
+            # the portable depthwise kernel: ONNX has no Im2Col, and Ascend/GPU run their own kernel
+            cell.depthwise_as_matmul = False
     net.to_float(ms.float32)
     net.set_train(False)
     return net, meta
