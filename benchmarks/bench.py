@@ -13,7 +13,7 @@ inference, the plain network for training.
 Case names are ``infer_<size>_b<batch>`` or ``train_<size>_b<batch>``; a training step is
 forward, backward and an SGD-momentum update (cross-entropy loss, dropout 0.5 in both networks).
 Peak memory (``--memory``) is the peak resident set size (VmHWM) of a child process that builds
-the network and runs two steps of one case, so each figure is one network and one case alone,
+the network and runs one step of one case, so each figure is one network and one case alone,
 MindSpore's own runtime (about half a GB) included.
 """
 from __future__ import annotations
@@ -33,6 +33,9 @@ import numpy as np
 
 DEFAULT_CASES = "infer_299_b8,infer_299_b32,train_299_b8,train_96_b32"
 NETWORKS = ("ours", "mindcv")
+# Variants of ours for measuring one change at a time (--extra): without the im2col-matmul depthwise
+# step (MindSpore's grouped conv, as on Ascend/GPU), and for inference without BatchNorm folding.
+EXTRA = ("ours_grouped_dw", "ours_unfolded_bn")
 
 
 def parse_case(name: str) -> Tuple[str, int, int]:
@@ -49,10 +52,15 @@ def build(network: str, kind: str):
     from mindcv.models.xception import Xception as MindcvXception
     from mindcv_xception import Xception
     from mindcv_xception.fast import inference_network
+    from mindcv_xception.network import SeparableConv2d
 
-    if network == "ours":
+    if network.startswith("ours"):
         net = Xception(drop_rate=0.5)
-        if kind == "infer":
+        if network == "ours_grouped_dw":
+            for _, cell in net.cells_and_names():
+                if isinstance(cell, SeparableConv2d):
+                    cell.depthwise_as_matmul = False
+        if kind == "infer" and network != "ours_unfolded_bn":
             return inference_network(net)
     else:
         net = MindcvXception()
@@ -133,11 +141,11 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def run_speed(cases: List[str], rounds: int) -> Dict:
+def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORKS) -> Dict:
     """Interleaved timing of every case on both networks plus the matmul ceiling."""
     steps, compile_s = {}, {}
     for case in cases:
-        for network in NETWORKS:
+        for network in networks:
             steps[case, network] = make_step(network, case)
             compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
     mm, mm_flops = matmul_step()
@@ -148,7 +156,8 @@ def run_speed(cases: List[str], rounds: int) -> Dict:
         mm_times.append(timed(mm))
         for key, fn in steps.items():
             times[key].append(timed(fn))
-        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c}/{n} {times[c, n][-1]:.2f}s" for c, n in steps),
+              file=sys.stderr, flush=True)
     ceiling = mm_flops / float(np.median(mm_times))
     macs = {size: {net: multiply_adds(net, size) for net in NETWORKS}
             for size in sorted({parse_case(c)[1] for c in cases})}
@@ -163,6 +172,10 @@ def run_speed(cases: List[str], rounds: int) -> Dict:
                                                             min(times[case, "mindcv"]))],
             "macs_per_image_G": round(macs[size]["ours"] / 1e9, 3),
         }
+        for extra in networks[len(NETWORKS):]:
+            img_s = batch / float(np.median(times[case, extra]))
+            results[case][f"{extra}_img_s"] = round(img_s, 3)
+            results[case][f"{extra}_ratio"] = round(img_s / theirs, 3)
         if case.startswith("infer"):  # training costs about 3x the forward flops: share not shown
             results[case]["ours_share_of_matmul_ceiling"] = round(2 * macs[size]["ours"] * ours / ceiling, 3)
     return {"cases": results, "compile_s": compile_s, "matmul_ceiling_gflop_s": round(ceiling / 1e9, 1),
@@ -170,7 +183,7 @@ def run_speed(cases: List[str], rounds: int) -> Dict:
 
 
 def child_memory(case: str, network: str) -> Dict[str, float]:
-    """Peak RSS (MiB) of a fresh process running two steps of ``case`` on ``network``."""
+    """Peak RSS (MiB) of a fresh process running one step of ``case`` on ``network``."""
     out = subprocess.run([sys.executable, __file__, "--child", case, network], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -194,8 +207,7 @@ def child_main(case: str, network: str) -> None:
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     step = make_step(network, case)
     built = peak_rss_mib()
-    step()
-    step()
+    step()  # the first step allocates what every later step reuses
     peak = peak_rss_mib()
     print(json.dumps({"built_mib": round(built), "peak_mib": round(peak)}), flush=True)
 
@@ -225,6 +237,9 @@ def print_table(report: Dict) -> None:
             share = r.get("ours_share_of_matmul_ceiling")
             print(f"{case:16} {r['ours_img_s']:11.2f} {r['mindcv_img_s']:13.2f} {r['ratio']:6.2f} "
                   f"{'' if share is None else f'{share:6.0%}'}")
+            for extra in EXTRA:
+                if f"{extra}_img_s" in r:
+                    print(f"{'':16} {extra}: {r[extra + '_img_s']:.2f} img/s, {r[extra + '_ratio']:.2f} x mindcv")
         print("compile (first call) s:", report["compile_s"])
     for case, m in report.get("memory", {}).items():
         print(f"peak RSS {case:16} " + "  ".join(f"{n}: {v['peak_mib']} MiB (built {v['built_mib']})"
@@ -239,6 +254,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS of every case, one child process each")
     parser.add_argument("--memory-batches", default="",
                         help="also the peak RSS of our training step at 299 for these batches, e.g. 8,16,32")
+    parser.add_argument("--extra", action="store_true",
+                        help=f"also time {', '.join(EXTRA)} (one change at a time; ratios to mindcv)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,12 +270,13 @@ def main() -> None:
         parse_case(case)
     report: Dict = {"environment": environment()}
     if not args.no_speed:
-        report.update(run_speed(cases, args.rounds))
+        report.update(run_speed(cases, args.rounds, NETWORKS + (EXTRA if args.extra else ())))
     if args.memory:
         report["memory"] = {c: {n: child_memory(c, n) for n in NETWORKS} for c in cases}
     for batch in filter(None, args.memory_batches.split(",")):
         case = f"train_299_b{int(batch)}"
-        report.setdefault("memory", {}).setdefault(case, {})["ours"] = child_memory(case, "ours")
+        for network in ("ours", "ours_grouped_dw"):  # the grouped-conv depthwise is what Ascend runs
+            report.setdefault("memory", {}).setdefault(case, {})[network] = child_memory(case, network)
     if args.json:
         print(json.dumps(report))
     else:
