@@ -86,6 +86,26 @@ def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
     return ops.matmul(weight.reshape(1, c, 1, 9), cols).reshape(n, c, h, w)
 
 
+class Depthwise3x3Matmul(nn.Cell):
+    """``depthwise_3x3_matmul`` with a backward pass that keeps no 9x-sized im2col tensor.
+
+    Automatic differentiation would keep each layer's im2col columns (9 times its input) until the
+    backward pass; this recomputes them there instead: the weight gradient is a batched matmul of
+    the recomputed columns with the output gradient, the input gradient is the same depthwise conv
+    of the output gradient with the kernel turned by 180 degrees.
+    """
+
+    def construct(self, x: Tensor, weight: Tensor) -> Tensor:
+        return depthwise_3x3_matmul(x, weight)
+
+    def bprop(self, x: Tensor, weight: Tensor, out: Tensor, dout: Tensor) -> Tuple[Tensor, Tensor]:
+        n, c, h, w = x.shape
+        cols = ops.unfold(x, 3, padding=1).reshape(n, c, 9, h * w)
+        dweight = ops.matmul(cols, dout.reshape(n, c, h * w, 1)).sum(0).reshape(c, 1, 3, 3)
+        dx = depthwise_3x3_matmul(dout, ops.flip(weight, (2, 3)))
+        return dx, dweight
+
+
 class SeparableConv2d(nn.Cell):
     """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D).
 
@@ -100,10 +120,11 @@ class SeparableConv2d(nn.Cell):
         if depthwise_as_matmul is None:
             depthwise_as_matmul = depthwise_as_matmul_default()
         self.depthwise_as_matmul = depthwise_as_matmul
+        self.depthwise_matmul = Depthwise3x3Matmul()
 
     def construct(self, x: Tensor) -> Tensor:
         if self.depthwise_as_matmul:
-            x = depthwise_3x3_matmul(x, self.depthwise.weight)
+            x = self.depthwise_matmul(x, self.depthwise.weight)
         else:
             x = self.depthwise(x)
         return self.pointwise(x)

@@ -1,0 +1,201 @@
+"""The fast paths compute what the plain network computes (GRAPH mode, small inputs).
+
+Exactness is "within 1e-5 of the output's largest magnitude": the fast paths sum the same
+products in another order, nothing more. Timings are in benchmarks/bench.py, not here.
+"""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindcv.models import create_model
+from mindspore import nn, ops
+
+from conftest import images
+from mindcv_xception import Xception
+from mindcv_xception.fast import fold_batch_norm, inference_network
+from mindcv_xception.network import SeparableConv2d, depthwise_3x3_matmul
+
+
+def assert_close(actual, expected, rtol=1e-5):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = np.abs(expected).max()
+    assert scale > 0
+    assert np.abs(actual - expected).max() <= rtol * scale, np.abs(actual - expected).max() / scale
+
+
+def set_depthwise_as_matmul(net: nn.Cell, flag: bool) -> None:
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, SeparableConv2d):
+            cell.depthwise_as_matmul = flag
+
+
+def randomise_batch_norms(net: nn.Cell, seed: int = 1) -> None:
+    """Non-trivial BN statistics, gammas and betas, so folding them is really tested."""
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        if p.name.endswith(("moving_variance", "gamma")):
+            p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
+        elif p.name.endswith(("moving_mean", "beta")):
+            p.set_data(ms.Tensor(rng.normal(0.0, 0.5, p.shape).astype(np.float32)))
+
+
+class Depthwise(nn.Cell):
+    def construct(self, x, w):
+        return depthwise_3x3_matmul(x, w)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (1, 3, 1, 1), (3, 8, 4, 7)])
+def test_depthwise_as_matmul_equals_grouped_conv(shape):
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    conv = nn.Conv2d(shape[1], shape[1], 3, pad_mode="pad", padding=1, group=shape[1])
+    assert_close(Depthwise()(x, conv.weight).asnumpy(), conv(x).asnumpy())
+
+
+def test_separable_conv_has_the_same_parameters_either_way():
+    shapes = [{p.name: p.shape for p in SeparableConv2d(6, 9, depthwise_as_matmul=flag).get_parameters()}
+              for flag in (False, True)]
+    assert shapes[0] == shapes[1] == {"depthwise.weight": (6, 1, 3, 3), "pointwise.weight": (9, 6, 1, 1)}
+
+
+def test_network_with_matmul_depthwise_equals_grouped_conv_network():
+    net = create_model("xception_small", num_classes=10)
+    randomise_batch_norms(net)
+    net.set_train(False)
+    x = images(2, 79)
+    set_depthwise_as_matmul(net, False)
+    plain = net(x).asnumpy()
+    set_depthwise_as_matmul(net, True)
+    net.compile_cache.clear()
+    assert_close(net(x).asnumpy(), plain)
+
+
+class LossGrads(nn.Cell):
+    """Loss and the gradients of every trainable parameter, in one graph."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        self.params = ms.ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, x, labels):
+        return self.loss(x, labels), self.grad(self.loss, self.params)(x, labels)
+
+
+class WeightedSum(nn.Cell):
+    """sum(net(x) * g): its gradients are the backward pass of ``net`` for the upstream gradient g."""
+
+    def __init__(self, net, g):
+        super().__init__()
+        self.net, self.g = net, g
+
+    def construct(self, x):
+        return (self.net(x) * self.g).sum()
+
+
+@pytest.mark.parametrize("as_matmul", [False, True])
+def test_separable_conv_gradients_match_a_numpy_reference(as_matmul):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 10, 9)).astype(np.float32)
+    g = rng.standard_normal((2, 5, 10, 9)).astype(np.float32)
+    conv = SeparableConv2d(6, 5, depthwise_as_matmul=as_matmul)
+    loss = WeightedSum(conv, ms.Tensor(g))
+    grad = ops.GradOperation(get_all=True, get_by_list=True)
+    (dx,), (d_dw, d_pw) = grad(loss, ms.ParameterTuple(conv.trainable_params()))(ms.Tensor(x))
+    dw, pw = conv.depthwise.weight.asnumpy()[:, 0].astype(np.float64), conv.pointwise.weight.asnumpy()[:, :, 0, 0]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    taps = [(i, j) for i in range(3) for j in range(3)]
+    depthwise_out = sum(dw[:, i, j, None, None] * xp[:, :, i:i + 10, j:j + 9] for i, j in taps)
+    g_dw = np.einsum("oc,nohw->nchw", pw, g)  # gradient reaching the depthwise output
+    ref_d_pw = np.einsum("nohw,nchw->oc", g, depthwise_out)
+    ref_d_dw = np.stack([(xp[:, :, i:i + 10, j:j + 9] * g_dw).sum((0, 2, 3)) for i, j in taps], 1)
+    ref_dx = np.zeros_like(xp, dtype=np.float64)
+    for i, j in taps:
+        ref_dx[:, :, i:i + 10, j:j + 9] += dw[:, i, j, None, None] * g_dw
+    assert_close(d_pw.asnumpy()[:, :, 0, 0], ref_d_pw)
+    assert_close(d_dw.asnumpy().reshape(6, 9), ref_d_dw)
+    assert_close(dx.asnumpy(), ref_dx[:, :, 1:-1, 1:-1])
+
+
+def test_network_gradients_with_matmul_depthwise_equal_grouped_conv_gradients():
+    # BatchNorm in eval mode: with batch statistics of 2 tiny images, BN divides by near-zero
+    # spreads and turns float rounding into percent-level gradient differences in either formulation.
+    net = create_model("xception_small", num_classes=4, middle_depth=1)
+    net.set_train(False)
+    x, g = images(2, 71), ms.Tensor(np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32))
+    params = ms.ParameterTuple(net.trainable_params())
+    results = []
+    for flag in (False, True):
+        set_depthwise_as_matmul(net, flag)
+        grads = ops.GradOperation(get_by_list=True)(WeightedSum(net, g), params)(x)
+        results.append([t.asnumpy() for t in grads])
+    assert len(results[1]) == len(params)
+    for fast, plain in zip(*reversed(results)):
+        # Float32 rounding accumulated over ~20 layers backwards; a wrong formulation is off by O(1).
+        assert_close(fast, plain, rtol=1e-3)
+
+
+def test_fold_batch_norm_gives_the_eval_mode_batch_norm_of_the_conv():
+    rng = np.random.default_rng(0)
+    conv, bn = nn.Conv2d(3, 4, 3, pad_mode="valid"), nn.BatchNorm2d(4, eps=1e-3)
+    randomise_batch_norms(bn)
+    bn.set_train(False)
+    weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
+    x = ms.Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    folded = ops.conv2d(x, ms.Tensor(weight), ms.Tensor(bias))
+    assert_close(folded.asnumpy(), bn(conv(x)).asnumpy())
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_classes=10), dict(num_classes=0, global_pool="max"),
+                                    dict(features_only=True, out_indices=(1, 4))])
+def test_inference_network_equals_eval_network_with_random_batch_norms(kwargs):
+    net = create_model("xception_small", **kwargs)
+    randomise_batch_norms(net)
+    net.set_train(False)
+    x = images(2, 83)
+    expected = net(x)
+    fast = inference_network(net)
+    actual = fast(x)
+    if kwargs.get("features_only"):
+        assert len(actual) == len(expected) == 2
+        for a, e in zip(actual, expected):
+            assert_close(a.asnumpy(), e.asnumpy())
+    else:
+        assert_close(actual.asnumpy(), expected.asnumpy())
+
+
+def test_inference_network_has_no_batch_norm_and_is_in_eval_mode():
+    net = create_model("xception_small", num_classes=3, drop_rate=0.5)
+    net.set_train(True)
+    fast = inference_network(net)
+    assert not any(isinstance(c, nn.BatchNorm2d) for _, c in fast.cells_and_names())
+    assert not fast.training
+    x = images(2, 71)
+    np.testing.assert_array_equal(fast(x).asnumpy(), fast(x).asnumpy())  # no dropout
+
+
+def test_inference_network_leaves_the_trained_network_untouched():
+    net = create_model("xception_small", num_classes=3)
+    randomise_batch_norms(net)
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    inference_network(net)
+    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+    assert sum(isinstance(c, nn.BatchNorm2d) for _, c in net.cells_and_names()) == 2 + 4 + 6 + 24 + 2 + 2
+
+
+def test_inference_network_follows_a_reset_classifier():
+    net = create_model("xception_small", num_classes=1000)
+    net.reset_classifier(5, global_pool="max")
+    net.set_train(False)
+    x = images(1, 71)
+    assert_close(inference_network(net)(x).asnumpy(), net(x).asnumpy())
+
+
+def test_inference_network_refuses_other_networks():
+    with pytest.raises(TypeError, match="Xception"):
+        inference_network(nn.Dense(2, 2))
+    assert isinstance(inference_network(Xception(widths=create_model("xception_small").init_kwargs["widths"],
+                                                 num_classes=2)), Xception)
