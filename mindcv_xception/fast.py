@@ -65,5 +65,7 @@ def inference_network(net: Xception) -> Xception:
         elif isinstance(cell, XceptionBlock) and cell.downsample:
             conv, bn = cell.shortcut[0], cell.shortcut[1]
             cell.shortcut = nn.SequentialCell([_folded_conv(conv, bn)])
+    for name, param in fast.parameters_and_names():
+        param.name = name  # the folded convs' parameters are named after their place (export needs unique names)
     fast.set_train(False)
     return fast

@@ -21,7 +21,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .loading import CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
+from .fast import inference_network
+from .loading import (CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params,
+                      read_checkpoint)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_CROP_PCT = 0.8975
@@ -174,6 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         image_size = args.image_size or int(meta.get("image_resize") or cfg.get("input_size", (3, 299, 299))[-1])
         crop_pct = float(meta.get("crop_pct") or cfg.get("crop_pct", DEFAULT_CROP_PCT))
         names = class_names_for(meta, meta["num_classes"])
+        net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
         results = classify(net, paths, names, image_size, crop_pct, args.top_k)
     except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,9 @@ from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
-from .loading import META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
+from .fast import inference_network
+from .loading import (META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params,
+                      read_checkpoint)
 
 logger = logging.getLogger(__name__)
 VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text")]
@@ -50,7 +52,7 @@ def validate(cfg: Config) -> Dict[str, float]:
     net = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                        middle_depth=cfg.middle_depth, **extra)
     load_weights(net, network_params(params, use_ema=cfg.use_ema_weights), source=cfg.ckpt_path)
-    net.set_train(False)
+    net = inference_network(net)  # BatchNorm folded: the same outputs, faster
     result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg)
     result["rank"] = runtime.rank
     return result
