@@ -28,7 +28,8 @@ import sys  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_RECIPE = os.path.join(REPO, "configs", "xception", "xception_cpu.yaml")
 # a quick version of the CPU recipe: a shallow middle flow, small batches, one loader thread
-QUICK = ["--middle_depth", "1", "--batch_size", "8", "--num_parallel_workers", "1", "--log_interval", "5"]
+QUICK = ["--middle_depth", "1", "--batch_size", "8", "--lr_base_batch_size", "32", "--num_parallel_workers", "1",
+         "--log_interval", "5"]
 
 
 def strip_noise(text: str) -> str:

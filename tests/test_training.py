@@ -56,7 +56,7 @@ def test_corrupt_image_is_skipped_and_counted(trained):
 
 def test_effective_lr_is_logged_with_the_scaling(trained):
     _, out, _ = trained
-    # CPU recipe: lr 0.045 for a global batch of 32; the quick run uses 8 per step on one process
+    # lr 0.045 for a global batch of 32 (QUICK); the quick run uses 8 per step on one process
     assert "lr 0.045 -> effective 0.01125" in out
 
 
