@@ -34,17 +34,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=0, help="override the recipe's epoch_size")
     parser.add_argument("--data", default=DATA, help="where the digits image folder is written")
     parser.add_argument("--run", default=RUN, help="the run folder (checkpoints, metrics, curves)")
+    parser.add_argument("--per_class", type=int, default=0, help="use only this many digits per class (tests)")
     args = parser.parse_args(argv)
-    run(args.epochs, args.data, args.run)
+    run(args.epochs, args.data, args.run, args.per_class)
 
 
-def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN) -> None:
+def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN, per_class: int = 0) -> None:
     """Write the data if missing, train (or resume), validate and predict a few held-out images."""
     start = time.time()
     if not os.path.isdir(os.path.join(data, "val")):
         from .digits import make_digits_folder
 
-        counts = make_digits_folder(data, size=72, val_fraction=0.2)
+        counts = make_digits_folder(data, size=72, val_fraction=0.2, per_class=per_class or None)
         print(f"wrote {counts['train']} training and {counts['val']} validation digit images to {data}")
     train = ["train.py", "--config", RECIPE, "--data_dir", data, "--ckpt_save_dir", run_dir]
     if epochs:
@@ -55,7 +56,8 @@ def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN) -> None:
     _run(train)
     best = os.path.join(run_dir, "best.ckpt")
     _run(["validate.py", "--config", RECIPE, "--data_dir", data, "--ckpt_path", best])
-    samples = sorted(glob.glob(os.path.join(data, "val", "*", "*.png")))[::90][:4]
+    samples = sorted(glob.glob(os.path.join(data, "val", "*", "*.png")))
+    samples = samples[::max(1, len(samples) // 4)][:4]
     _run(["infer.py", "--ckpt_path", best, *samples])
     print(f"\ndemo finished in {time.time() - start:.0f} s")
     print(f"  checkpoint: {best} (and {os.path.join(run_dir, 'last.ckpt')})")
