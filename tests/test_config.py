@@ -83,3 +83,11 @@ def test_lr_scales_linearly_with_the_global_batch():
 def test_lr_scaling_can_be_turned_off():
     cfg = parse_config(["--lr", "0.1", "--lr_scale", "False", "--batch_size", "8"])
     assert scaled_lr(cfg, world=4)["lr"] == pytest.approx(0.1)
+
+
+def test_jit_level_o2_falls_back_to_o1_off_ascend(caplog):
+    from mindcv_xception.distributed import supported_jit_level
+
+    assert supported_jit_level("Ascend", "O2") == "O2"
+    assert supported_jit_level("CPU", "O2") == "O1" and "not available on CPU" in caplog.text
+    assert supported_jit_level("GPU", "O0") == "O0"

@@ -90,3 +90,21 @@ def test_checkpoint_for_another_class_count_than_the_folder_is_refused(labelled,
         Image.fromarray(np.zeros((71, 71), np.uint8)).save(five / str(i) / "a.png")
     code, _, err = run_script([*VALIDATE, "--data_dir", str(tmp_path / "five"), "--ckpt_path", ckpt], timeout=300)
     assert code == 2 and "error:" in err and "differ" in err
+
+
+def test_mindcv_checkpoint_validates_like_its_conversion(labelled, tmp_path):
+    from mindcv.models.xception import Xception as MindcvXception
+
+    data, _, _ = labelled
+    theirs = str(tmp_path / "mindcv.ckpt")
+    ms.save_checkpoint(MindcvXception(num_classes=10), theirs)
+    ours = str(tmp_path / "ours.ckpt")
+    code, _, err = run_script(["-m", "mindcv_xception.convert", "mindcv", theirs, ours], timeout=300)
+    assert code == 0, err[-2000:]
+    results = []
+    for ckpt in (theirs, ours):
+        code, out, err = run_script([*VALIDATE, "--data_dir", data, "--ckpt_path", ckpt], timeout=600)
+        assert code == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0]["num_images"] == N_VAL
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
