@@ -9,10 +9,8 @@ from mindcv.models import create_model
 from mindcv_xception.loading import EMA_PREFIX, META_KEY
 
 
-def small_net(num_classes: int, seed: int = 0):
-    """An xception_small whose BN moving statistics are random (eval differs from train mode)."""
-    ms.set_seed(seed)
-    net = create_model("xception_small", num_classes=num_classes)
+def randomise_bn_statistics(net, seed: int = 0):
+    """Give every BatchNorm random moving statistics (so eval mode differs from train mode); eval mode."""
     rng = np.random.default_rng(seed)
     for p in net.get_parameters():
         if p.name.endswith("moving_mean"):
@@ -21,6 +19,12 @@ def small_net(num_classes: int, seed: int = 0):
             p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
     net.set_train(False)
     return net
+
+
+def small_net(num_classes: int, seed: int = 0):
+    """An xception_small whose BN moving statistics are random (eval differs from train mode)."""
+    ms.set_seed(seed)
+    return randomise_bn_statistics(create_model("xception_small", num_classes=num_classes), seed)
 
 
 def save_small(path: str, num_classes: int, class_names: Optional[Sequence[str]] = None, meta: bool = True,

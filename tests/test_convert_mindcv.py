@@ -5,6 +5,7 @@ import pytest
 from mindcv.models.xception import Xception as MindcvXception
 
 from conftest import images
+from helpers_ckpt import randomise_bn_statistics
 from mindcv_xception.convert import convert_mindcv, main
 from mindcv_xception.inference import load_for_inference
 from mindcv_xception.loading import checkpoint_meta, read_checkpoint
@@ -14,14 +15,7 @@ from mindcv_xception.loading import checkpoint_meta, read_checkpoint
 def mindcv_checkpoint(tmp_path_factory):
     """A checkpoint of mindcv's network (its parameter names), BN statistics randomised."""
     ms.set_seed(1)
-    net = MindcvXception(num_classes=1000)
-    rng = np.random.default_rng(1)
-    for p in net.get_parameters():
-        if p.name.endswith("moving_mean"):
-            p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
-        elif p.name.endswith("moving_variance"):
-            p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
-    net.set_train(False)
+    net = randomise_bn_statistics(MindcvXception(num_classes=1000), seed=1)
     path = str(tmp_path_factory.mktemp("mindcv") / "mindcv_xception.ckpt")
     ms.save_checkpoint(net, path)
     return net, path
