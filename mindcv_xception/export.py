@@ -21,7 +21,7 @@ from mindspore import nn
 
 from .fast import inference_network
 from .inference import load_for_inference
-from .network import SeparableConv2d
+from .network import set_matmul_convs
 from .loading import CheckpointError
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -32,10 +32,7 @@ def build_export_network(ckpt_path: str, model: Optional[str] = None,
     """The network to export, in eval mode, float32. The one place to swap in a faster inference network."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
     net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, SeparableConv2d):
-            # the portable depthwise kernel: ONNX has no Im2Col, and Ascend/GPU run their own kernel
-            cell.depthwise_as_matmul = False
+    set_matmul_convs(net, False)  # the native conv kernels: ONNX has no Im2Col, Ascend/GPU run their own
     net.to_float(ms.float32)
     net.set_train(False)
     return net, meta

@@ -14,7 +14,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .network import ConvBnRelu, SepConvBn, Xception, XceptionBlock
+from .network import ConvBnRelu, MatmulConv2d, SepConvBn, Xception, XceptionBlock
 
 __all__ = ["inference_network", "fold_batch_norm"]
 
@@ -37,6 +37,9 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         raise ValueError("only bias-free convolutions are folded")
     weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
     out_channels, in_per_group, kh, kw = weight.shape
+    if isinstance(conv, MatmulConv2d):
+        return MatmulConv2d(in_per_group, out_channels, (kh, kw), stride=tuple(conv.stride), has_bias=True,
+                            as_matmul=conv.as_matmul, weight_init=ms.Tensor(weight), bias_init=ms.Tensor(bias))
     padding = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
     folded = nn.Conv2d(in_per_group * conv.group, out_channels, (kh, kw), stride=tuple(conv.stride),
                        pad_mode=conv.pad_mode, padding=padding, group=conv.group, has_bias=True,

@@ -66,13 +66,26 @@ def _batch_norm(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
-def depthwise_as_matmul_default() -> bool:
-    """Whether new separable convs compute the depthwise step as im2col + batched matmul.
+def matmul_convs_default() -> bool:
+    """Whether new convs use their im2col + matmul formulation (depthwise, stem and strided shortcut convs).
 
-    On CPU that is several times faster than MindSpore's grouped convolution (see docs/speed.md);
-    on Ascend and GPU the native depthwise kernel is kept.
+    On CPU those are many times faster than MindSpore's native kernels (see the README's speed
+    section); on Ascend and GPU the native kernels are kept.
     """
     return ms.get_context("device_target") == "CPU"
+
+
+def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
+    """Switch every conv of ``net`` between its matmul formulation and MindSpore's native kernel.
+
+    The parameters are the same either way; only the computation changes (e.g. for ONNX export,
+    which has no Im2Col). Call before the network is compiled, or clear its ``compile_cache``.
+    """
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, SeparableConv2d):
+            cell.depthwise_as_matmul = as_matmul
+        elif isinstance(cell, MatmulConv2d):
+            cell.as_matmul = as_matmul
 
 
 def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
@@ -118,7 +131,7 @@ class SeparableConv2d(nn.Cell):
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, pad_mode="pad", padding=1, group=in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
         if depthwise_as_matmul is None:
-            depthwise_as_matmul = depthwise_as_matmul_default()
+            depthwise_as_matmul = matmul_convs_default()
         self.depthwise_as_matmul = depthwise_as_matmul
         self.depthwise_matmul = Depthwise3x3Matmul()
 
@@ -128,6 +141,35 @@ class SeparableConv2d(nn.Cell):
         else:
             x = self.depthwise(x)
         return self.pointwise(x)
+
+
+class MatmulConv2d(nn.Conv2d):
+    """An ungrouped 'valid' ``nn.Conv2d`` (the stem convs, the strided 1x1 shortcuts) that can run as im2col + matmul.
+
+    MindSpore's CPU kernel is very slow for these shapes (40-70x slower than the same products as
+    one matmul, measured in benchmarks/bench.py's --extra cases); ``as_matmul`` (default: on CPU)
+    computes ``unfold`` (the kernel's taps at every output pixel, a strided slice for 1x1) and one
+    broadcast matmul with the same ``weight`` (and ``bias``). The result equals the native conv up
+    to float summation order; the parameters are those of ``nn.Conv2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 has_bias: bool = False, as_matmul: Optional[bool] = None, **kwargs) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
+                         has_bias=has_bias, **kwargs)
+        self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
+
+    def construct(self, x: Tensor) -> Tensor:
+        if not self.as_matmul:
+            return super().construct(x)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+        cols = ops.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, out_h*out_w)
+        out = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
+        if self.has_bias:
+            out = out + self.bias.reshape(1, -1, 1)
+        return out.reshape(n, self.out_channels, out_h, out_w)
 
 
 class SepConvBn(nn.Cell):
@@ -166,7 +208,7 @@ class XceptionBlock(nn.Cell):
             # TensorFlow 'same' for a 3x3/2 pool pads the extra row/column at the bottom/right;
             # MindSpore's pad_mode="same" does the same (checked against a numpy reference in the tests).
             self.pool = nn.MaxPool2d(3, 2, pad_mode="same")
-            self.shortcut = nn.SequentialCell([nn.Conv2d(in_channels, channels, 1, stride=2),
+            self.shortcut = nn.SequentialCell([MatmulConv2d(in_channels, channels, 1, stride=2),
                                                _batch_norm(channels, eps, momentum)])
         self.out_channels = channels
 
@@ -182,7 +224,7 @@ class ConvBnRelu(nn.Cell):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float, momentum: float) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode="valid")
+        self.conv = MatmulConv2d(in_channels, out_channels, 3, stride=stride)
         self.bn = _batch_norm(out_channels, eps, momentum)
 
     def construct(self, x: Tensor) -> Tensor:

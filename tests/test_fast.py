@@ -12,7 +12,7 @@ from mindspore import nn, ops
 from conftest import images
 from mindcv_xception import Xception
 from mindcv_xception.fast import fold_batch_norm, inference_network
-from mindcv_xception.network import SeparableConv2d, depthwise_3x3_matmul
+from mindcv_xception.network import MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul, set_matmul_convs
 
 
 def assert_close(actual, expected, rtol=1e-5):
@@ -21,12 +21,6 @@ def assert_close(actual, expected, rtol=1e-5):
     scale = np.abs(expected).max()
     assert scale > 0
     assert np.abs(actual - expected).max() <= rtol * scale, np.abs(actual - expected).max() / scale
-
-
-def set_depthwise_as_matmul(net: nn.Cell, flag: bool) -> None:
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, SeparableConv2d):
-            cell.depthwise_as_matmul = flag
 
 
 def randomise_batch_norms(net: nn.Cell, seed: int = 1) -> None:
@@ -58,14 +52,14 @@ def test_separable_conv_has_the_same_parameters_either_way():
     assert shapes[0] == shapes[1] == {"depthwise.weight": (6, 1, 3, 3), "pointwise.weight": (9, 6, 1, 1)}
 
 
-def test_network_with_matmul_depthwise_equals_grouped_conv_network():
+def test_network_with_matmul_convs_equals_native_conv_network():
     net = create_model("xception_small", num_classes=10)
     randomise_batch_norms(net)
     net.set_train(False)
     x = images(2, 79)
-    set_depthwise_as_matmul(net, False)
+    set_matmul_convs(net, False)
     plain = net(x).asnumpy()
-    set_depthwise_as_matmul(net, True)
+    set_matmul_convs(net, True)
     net.compile_cache.clear()
     assert_close(net(x).asnumpy(), plain)
 
@@ -94,6 +88,27 @@ class WeightedSum(nn.Cell):
         return (self.net(x) * self.g).sum()
 
 
+@pytest.mark.parametrize("in_channels, kernel, stride, size, bias", [
+    (3, 3, 2, 15, False), (4, 3, 1, 9, True), (6, 1, 2, 9, False), (6, 1, 2, 10, True)])
+def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel, stride, size, bias):
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((2, in_channels, size, size + 1)).astype(np.float32))
+    bias_init = ms.Tensor(rng.standard_normal(5).astype(np.float32)) if bias else None
+    native = nn.Conv2d(in_channels, 5, kernel, stride=stride, pad_mode="valid", has_bias=bias, bias_init=bias_init)
+    fast = MatmulConv2d(in_channels, 5, kernel, stride=stride, has_bias=bias, as_matmul=True,
+                        weight_init=native.weight.data.copy(), bias_init=bias_init)
+    assert [p.shape for p in fast.get_parameters()] == [p.shape for p in native.get_parameters()]
+    assert_close(fast(x).asnumpy(), native(x).asnumpy())
+    g = ms.Tensor(rng.standard_normal(native(x).shape).astype(np.float32))
+    grad = ops.GradOperation(get_all=True, get_by_list=True)
+    results = [grad(WeightedSum(conv, g), ms.ParameterTuple(conv.trainable_params()))(x) for conv in (fast, native)]
+    (dx_fast,), dparams_fast = results[0]
+    (dx_native,), dparams_native = results[1]
+    assert_close(dx_fast.asnumpy(), dx_native.asnumpy())
+    for a, b in zip(dparams_fast, dparams_native):
+        assert_close(a.asnumpy(), b.asnumpy())
+
+
 @pytest.mark.parametrize("as_matmul", [False, True])
 def test_separable_conv_gradients_match_a_numpy_reference(as_matmul):
     rng = np.random.default_rng(0)
@@ -118,7 +133,7 @@ def test_separable_conv_gradients_match_a_numpy_reference(as_matmul):
     assert_close(dx.asnumpy(), ref_dx[:, :, 1:-1, 1:-1])
 
 
-def test_network_gradients_with_matmul_depthwise_equal_grouped_conv_gradients():
+def test_network_gradients_with_matmul_convs_equal_native_conv_gradients():
     # BatchNorm in eval mode: with batch statistics of 2 tiny images, BN divides by near-zero
     # spreads and turns float rounding into percent-level gradient differences in either formulation.
     net = create_model("xception_small", num_classes=4, middle_depth=1)
@@ -127,7 +142,7 @@ def test_network_gradients_with_matmul_depthwise_equal_grouped_conv_gradients():
     params = ms.ParameterTuple(net.trainable_params())
     results = []
     for flag in (False, True):
-        set_depthwise_as_matmul(net, flag)
+        set_matmul_convs(net, flag)
         grads = ops.GradOperation(get_by_list=True)(WeightedSum(net, g), params)(x)
         results.append([t.asnumpy() for t in grads])
     assert len(results[1]) == len(params)
