@@ -1,8 +1,13 @@
 """The main job out of the box: a shortened demo run, and every README command's flags exist."""
+import glob
 import json
 import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -50,3 +55,28 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     assert re.search(r"acc@top1 \d+\.\d+%", out)  # validate.py ran
     assert len(re.findall(r"^  1\. \d\.\d{4}  \d", out, re.M)) == 4  # infer.py's top-1 line for 4 images
     assert f"curves:     {os.path.join(run_dir, 'curves.png')}" in out and os.path.exists(os.path.join(run_dir, "curves.png"))
+
+
+def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
+    data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
+    args = ["-m", "mindcv_xception.demo", "--epochs", "2", "--per_class", "20", "--data", data, "--run", run_dir]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    demo = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def epoch_one_done():
+            metrics = os.path.join(run_dir, "metrics.jsonl")
+            return glob.glob(os.path.join(run_dir, "*-e0001.ckpt")) and os.path.exists(metrics) and open(metrics).read()
+
+        deadline = time.time() + 900
+        while not epoch_one_done() and demo.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert epoch_one_done(), "the first epoch's checkpoint and metrics never appeared"
+    finally:
+        os.killpg(demo.pid, signal.SIGKILL)  # the demo and its train.py child, as a Ctrl-C / kill would
+        demo.wait()
+    code, out, err = run_script(args, timeout=1500)
+    assert code == 0, (out + err)[-3000:]
+    assert "resuming it" in out
+    epochs = [json.loads(line)["epoch"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert epochs == [1, 2]  # epoch 1 was not trained again
