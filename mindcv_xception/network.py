@@ -16,7 +16,7 @@ padding for the separable convs and max-pools.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -147,14 +147,15 @@ class MatmulConv2d(nn.Conv2d):
     """An ungrouped 'valid' ``nn.Conv2d`` (the stem convs, the strided 1x1 shortcuts) that can run as im2col + matmul.
 
     MindSpore's CPU kernel is very slow for these shapes (40-70x slower than the same products as
-    one matmul, measured in benchmarks/bench.py's --extra cases); ``as_matmul`` (default: on CPU)
+    one matmul: the README's "What was tried" table); ``as_matmul`` (default: on CPU)
     computes ``unfold`` (the kernel's taps at every output pixel, a strided slice for 1x1) and one
     broadcast matmul with the same ``weight`` (and ``bias``). The result equals the native conv up
     to float summation order; the parameters are those of ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 has_bias: bool = False, as_matmul: Optional[bool] = None, **kwargs) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1, has_bias: bool = False, as_matmul: Optional[bool] = None,
+                 **kwargs) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
                          has_bias=has_bias, **kwargs)
         self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
