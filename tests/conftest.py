@@ -46,11 +46,15 @@ def strip_noise(text: str) -> str:
     return "\n".join(out)
 
 
+def script_env(env=None):
+    """The environment a repo script runs in: this repo first on PYTHONPATH, plus ``env``."""
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+
+
 def run_script(args, timeout=900, env=None):
     """Run a repo script (or module) with this interpreter; returns (returncode, stdout, stderr) without noise."""
-    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+                          env=script_env(env))
     return proc.returncode, strip_noise(proc.stdout), strip_noise(proc.stderr)
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, script_env
 
 
 def readme_commands():
@@ -60,13 +60,12 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
 def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     args = ["-m", "mindcv_xception.demo", "--epochs", "2", "--per_class", "20", "--data", data, "--run", run_dir]
-    env = dict(os.environ, PYTHONPATH=REPO)
-    demo = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, start_new_session=True,
+    demo = subprocess.Popen([sys.executable, *args], cwd=REPO, env=script_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def epoch_one_done():
             metrics = os.path.join(run_dir, "metrics.jsonl")
-            return glob.glob(os.path.join(run_dir, "*-e0001.ckpt")) and os.path.exists(metrics) and open(metrics).read()
+            return glob.glob(os.path.join(run_dir, "*-e0001.ckpt")) and os.path.exists(metrics) and os.path.getsize(metrics)
 
         deadline = time.time() + 900
         while not epoch_one_done() and demo.poll() is None and time.time() < deadline:
