@@ -11,6 +11,7 @@ from mindspore import nn, ops
 
 from conftest import images
 from mindcv_xception import Xception
+from mindcv_xception import network
 from mindcv_xception.fast import fold_batch_norm, inference_network
 from mindcv_xception.network import MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul, set_matmul_convs
 
@@ -39,7 +40,10 @@ class Depthwise(nn.Cell):
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 9, 11), (1, 3, 1, 1), (3, 8, 4, 7)])
-def test_depthwise_as_matmul_equals_grouped_conv(shape):
+@pytest.mark.parametrize("chunk_bytes", [None, 9 * 5 * 9 * 11 * 4], ids=["whole_batch", "one_image_chunks"])
+def test_depthwise_as_matmul_equals_grouped_conv(shape, chunk_bytes, monkeypatch):
+    if chunk_bytes:
+        monkeypatch.setattr(network, "DEPTHWISE_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
     conv = nn.Conv2d(shape[1], shape[1], 3, pad_mode="pad", padding=1, group=shape[1])
@@ -109,11 +113,14 @@ def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel
         assert_close(a.asnumpy(), b.asnumpy())
 
 
-@pytest.mark.parametrize("as_matmul", [False, True])
-def test_separable_conv_gradients_match_a_numpy_reference(as_matmul):
+@pytest.mark.parametrize("as_matmul, images_per_chunk", [(False, None), (True, None), (True, 2)],
+                         ids=["native", "matmul", "matmul_in_batch_chunks"])
+def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, images_per_chunk, monkeypatch):
+    if images_per_chunk:  # chunks of 2, 1 images: the columns' budget of 2 images of (6, 10, 9)
+        monkeypatch.setattr(network, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 10, 9)).astype(np.float32)
-    g = rng.standard_normal((2, 5, 10, 9)).astype(np.float32)
+    x = rng.standard_normal((3, 6, 10, 9)).astype(np.float32)
+    g = rng.standard_normal((3, 5, 10, 9)).astype(np.float32)
     conv = SeparableConv2d(6, 5, depthwise_as_matmul=as_matmul)
     loss = WeightedSum(conv, ms.Tensor(g))
     grad = ops.GradOperation(get_all=True, get_by_list=True)
