@@ -14,7 +14,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .network import ConvBnRelu, MatmulConv2d, SepConvBn, Xception, XceptionBlock
+from .network import ConvBnRelu, MatmulConv2d, SepConvBn, SeparableConv2d, Xception, XceptionBlock
 
 __all__ = ["inference_network", "fold_batch_norm"]
 
@@ -47,11 +47,21 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return folded
 
 
+def _copy_conv_formulations(source: Xception, target: Xception) -> None:
+    """Give ``target``'s convs the matmul / native choice of ``source``'s (e.g. after ``set_matmul_convs``)."""
+    cells = dict(source.cells_and_names())
+    for name, cell in target.cells_and_names():
+        if isinstance(cell, SeparableConv2d):
+            cell.depthwise_as_matmul = cells[name].depthwise_as_matmul
+        elif isinstance(cell, MatmulConv2d):
+            cell.as_matmul = cells[name].as_matmul
+
+
 def inference_network(net: Xception) -> Xception:
     """An exact, eval-mode, faster copy of ``net`` for validation, inference and export.
 
     Every BatchNorm is folded into the convolution before it (stem convs, pointwise convs,
-    shortcut convs). The copy's folded convs have biases, so its parameter names differ from
+    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation. The copy's folded convs have biases, so its parameter names differ from
     ``net``'s where a BatchNorm was folded: keep checkpoints of ``net``, build this from them.
     """
     if not isinstance(net, Xception):
@@ -60,6 +70,7 @@ def inference_network(net: Xception) -> Xception:
     values = {p.name: p for p in net.get_parameters()}
     for p in fast.get_parameters():
         p.set_data(values[p.name].data.copy())
+    _copy_conv_formulations(net, fast)
     for _, cell in fast.cells_and_names():
         if isinstance(cell, ConvBnRelu):
             cell.conv, cell.bn = _folded_conv(cell.conv, cell.bn), nn.Identity()
