@@ -61,8 +61,9 @@ def inference_network(net: Xception) -> Xception:
     """An exact, eval-mode, faster copy of ``net`` for validation, inference and export.
 
     Every BatchNorm is folded into the convolution before it (stem convs, pointwise convs,
-    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation. The copy's folded convs have biases, so its parameter names differ from
-    ``net``'s where a BatchNorm was folded: keep checkpoints of ``net``, build this from them.
+    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation. The copy's
+    folded convs have biases, so its parameter names differ from ``net``'s where a BatchNorm was
+    folded: keep checkpoints of ``net``, build this from them.
     """
     if not isinstance(net, Xception):
         raise TypeError(f"inference_network expects a mindcv_xception Xception, got {type(net).__name__}")
