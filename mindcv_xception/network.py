@@ -101,9 +101,10 @@ def _batch_chunk_size(x: Tensor) -> int:
     size = DEPTHWISE_CHUNK_BYTES // (9 * c * h * w * 4)  # (no min/max: they fail to compile here)
     if size < 1:
         return 1
-    if size > n:
+    if size >= n:
         return n
-    return size
+    chunks = -(-n // size)
+    return -(-n // chunks)  # the same number of chunks, as even as they go (32 at 25 a chunk: 16 + 16)
 
 
 def _depthwise_3x3_matmul_whole(x: Tensor, weight: Tensor) -> Tensor:
