@@ -129,9 +129,9 @@ def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
     """
     n = x.shape[0]
     size = _batch_chunk_size(x)
-    out = _depthwise_3x3_matmul_whole(x[:size], weight)
     if size == n:
-        return out
+        return _depthwise_3x3_matmul_whole(x, weight)
+    out = _depthwise_3x3_matmul_whole(x[:size], weight)
     outs = (out,)
     for start in range(size, n, size):
         part = ops.depend(x[start:start + size], out)  # not before the previous chunk is done
@@ -155,6 +155,8 @@ class Depthwise3x3Matmul(nn.Cell):
     def bprop(self, x: Tensor, weight: Tensor, out: Tensor, dout: Tensor) -> Tuple[Tensor, Tensor]:
         n = x.shape[0]
         size = _batch_chunk_size(x)
+        if size == n:
+            return depthwise_3x3_matmul(dout, ops.flip(weight, (2, 3))), _depthwise_3x3_weight_grad(x, dout)
         dweight = _depthwise_3x3_weight_grad(x[:size], dout[:size])
         for start in range(size, n, size):
             part = ops.depend(x[start:start + size], dweight)
