@@ -93,7 +93,7 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
 # concurrently and keeps such buffers alive together, so the batch is processed in chunks that are
 # chained one after another (``ops.depend``). Measured on 3 stacked layers at (8, 128, 147, 147),
 # forward + backward: peak RSS 4363 -> 1966 MiB, and not slower (the README's "What was tried").
-DEPTHWISE_CHUNK_BYTES = 128 * 2 ** 20
+DEPTHWISE_CHUNK_BYTES = 256 * 2 ** 20
 
 
 def _batch_chunk_size(x: Tensor) -> int:
