@@ -90,9 +90,10 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
 
 # Bytes of im2col columns one depthwise step may hold at once. Whole-batch columns are 9x the layer's
 # input (800 MB at 299 px batch 8 in entry block 1); MindSpore's CPU runtime runs independent ops
-# concurrently and keeps such buffers alive together, so the batch is processed in chunks that are
-# chained one after another (``ops.depend``). Measured on 3 stacked layers at (8, 128, 147, 147),
-# forward + backward: peak RSS 4363 -> 1966 MiB, and not slower (the README's "What was tried").
+# concurrently and keeps such buffers alive together, so a larger batch is processed in chunks that
+# are chained one after another (``ops.depend``). Chunks cost speed (training 299 b8: 5.4 s a step
+# unchunked, 7.0 s in 128 MB chunks) and save memory (training 299 b32 peaks at 18.3 GB in 128 MB
+# chunks, 19.1 GB in 256 MB, 23.3 GB in 512 MB, out of 24 GB unchunked): the README's "What was tried".
 DEPTHWISE_CHUNK_BYTES = 256 * 2 ** 20
 
 
