@@ -53,16 +53,16 @@ def build(network: str, kind: str):
     from mindcv.models.xception import Xception as MindcvXception
     from mindcv_xception import Xception
     from mindcv_xception.fast import inference_network
-    from mindcv_xception.network import SeparableConv2d, set_matmul_convs
+    from mindcv_xception.network import matmul_conv_switches, set_matmul_convs
 
     if network.startswith("ours"):
         net = Xception(drop_rate=0.5)
         if network == "ours_native_convs":
             set_matmul_convs(net, False)
         if network == "ours_grouped_dw":
-            for _, cell in net.cells_and_names():
-                if isinstance(cell, SeparableConv2d):
-                    cell.depthwise_as_matmul = False
+            for _, cell, attribute in matmul_conv_switches(net):
+                if attribute == "depthwise_as_matmul":  # only the depthwise step native
+                    setattr(cell, attribute, False)
         if kind == "infer" and network != "ours_unfolded_bn":
             return inference_network(net)
     else:

@@ -14,7 +14,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .network import ConvBnRelu, MatmulConv2d, SepConvBn, SeparableConv2d, Xception, XceptionBlock
+from .network import ConvBnRelu, MatmulConv2d, SepConvBn, Xception, XceptionBlock, matmul_conv_switches
 
 __all__ = ["inference_network", "fold_batch_norm"]
 
@@ -49,12 +49,9 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _copy_conv_formulations(source: Xception, target: Xception) -> None:
     """Give ``target``'s convs the matmul / native choice of ``source``'s (e.g. after ``set_matmul_convs``)."""
-    cells = dict(source.cells_and_names())
-    for name, cell in target.cells_and_names():
-        if isinstance(cell, SeparableConv2d):
-            cell.depthwise_as_matmul = cells[name].depthwise_as_matmul
-        elif isinstance(cell, MatmulConv2d):
-            cell.as_matmul = cells[name].as_matmul
+    chosen = {name: getattr(cell, attribute) for name, cell, attribute in matmul_conv_switches(source)}
+    for name, cell, attribute in matmul_conv_switches(target):
+        setattr(cell, attribute, chosen[name])
 
 
 def inference_network(net: Xception) -> Xception:

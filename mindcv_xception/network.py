@@ -16,7 +16,7 @@ padding for the separable convs and max-pools.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -75,17 +75,23 @@ def matmul_convs_default() -> bool:
     return ms.get_context("device_target") == "CPU"
 
 
+def matmul_conv_switches(net: nn.Cell) -> Iterator[Tuple[str, nn.Cell, str]]:
+    """(name, cell, attribute) of every conv of ``net`` that has a matmul formulation; the attribute switches it."""
+    for name, cell in net.cells_and_names():
+        if isinstance(cell, SeparableConv2d):
+            yield name, cell, "depthwise_as_matmul"
+        elif isinstance(cell, MatmulConv2d):
+            yield name, cell, "as_matmul"
+
+
 def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
     """Switch every conv of ``net`` between its matmul formulation and MindSpore's native kernel.
 
     The parameters are the same either way; only the computation changes (e.g. for ONNX export,
     which has no Im2Col). Call before the network is compiled, or clear its ``compile_cache``.
     """
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, SeparableConv2d):
-            cell.depthwise_as_matmul = as_matmul
-        elif isinstance(cell, MatmulConv2d):
-            cell.as_matmul = as_matmul
+    for _, cell, attribute in matmul_conv_switches(net):
+        setattr(cell, attribute, as_matmul)
 
 
 # Bytes of im2col columns one depthwise step may hold at once. Whole-batch columns are 9x the layer's

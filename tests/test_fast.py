@@ -14,7 +14,7 @@ from mindcv_xception import Xception
 from mindcv_xception import network
 from mindcv_xception.fast import fold_batch_norm, inference_network
 from mindcv_xception.network import (XCEPTION_SMALL_WIDTHS, MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul,
-                                     set_matmul_convs)
+                                     matmul_conv_switches, set_matmul_convs)
 
 
 def assert_close(actual, expected, rtol=1e-5):
@@ -202,9 +202,7 @@ def test_inference_network_has_no_batch_norm_and_is_in_eval_mode():
 def test_inference_network_keeps_the_conv_formulation_of_the_network(as_matmul):
     net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
     set_matmul_convs(net, as_matmul)
-    flags = [cell.depthwise_as_matmul if isinstance(cell, SeparableConv2d) else cell.as_matmul
-             for _, cell in inference_network(net).cells_and_names()
-             if isinstance(cell, (SeparableConv2d, MatmulConv2d))]
+    flags = [getattr(cell, attribute) for _, cell, attribute in matmul_conv_switches(inference_network(net))]
     assert len(flags) == 2 + 3 * 2 + 1 * 3 + 2 + 2 + 4  # stem, entry, middle, exit, tail; 4 shortcuts
     assert set(flags) == {as_matmul}
 
