@@ -190,7 +190,8 @@ class SeparableConv2d(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         if self.depthwise_as_matmul:
-            x = self.depthwise_matmul(x, self.depthwise.weight)
+            # the explicit cast keeps mixed precision outside the custom backward (amp.py)
+            x = self.depthwise_matmul(x, self.depthwise.weight.astype(x.dtype))
         else:
             x = self.depthwise(x)
         return self.pointwise(x)

@@ -69,21 +69,11 @@ def lr_schedule(cfg: Config, lr: float, min_lr: float, steps: int) -> List[float
                                  num_epochs=cfg.epoch_size, lr_epoch_stair=cfg.lr_epoch_stair))
 
 
-def _loss_scale(cfg: Config, device: str):
-    if cfg.loss_scale_type == "dynamic":
-        if device == "CPU":
-            logger.warning("dynamic loss scaling is not available on CPU; using a fixed scale of %s", cfg.loss_scale)
-        else:
-            return nn.DynamicLossScaleUpdateCell(loss_scale_value=cfg.loss_scale, scale_factor=2, scale_window=2000)
-    return ms.Tensor(cfg.loss_scale, ms.float32)
-
-
 def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, lrs: Dict[str, float]):
-    """The network, its optimizer and the compiled training cell."""
-    from mindcv.loss import create_loss
+    """The network, its optimizer and the compiled training cell (``training_step``)."""
     from mindcv.models import create_model
-    from mindcv.optim import create_optimizer
-    from mindcv.utils.train_step import TrainStep
+
+    from .training_step import AMP_LEVELS, apply_amp, build_train_step
 
     net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels, drop_rate=cfg.drop_rate,
                        middle_depth=cfg.middle_depth, bn_momentum=cfg.bn_momentum,
@@ -92,21 +82,21 @@ def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, 
         params = read_checkpoint(cfg.ckpt_path)
         load_weights(net, network_params(params), allow_new_classifier=True, source=cfg.ckpt_path)
         logger.info("Starting from the weights of %s (fine-tuning, not a resume)", cfg.ckpt_path)
+    apply_amp(net, cfg.amp_level)
     if cfg.amp_level != "O0":
+        logger.info("Mixed precision %s: %s; float32 master weights, loss and loss scaling", cfg.amp_level,
+                    AMP_LEVELS[cfg.amp_level])
         if runtime.device == "CPU":
-            logger.warning("amp_level %s on CPU runs about 2x slower than fp32 (no fp16 conv kernels)", cfg.amp_level)
-        ms.amp.auto_mixed_precision(net, cfg.amp_level)
+            logger.warning("amp_level %s on CPU runs several times slower than float32 (few float16 kernels)",
+                           cfg.amp_level)
     if cfg.opt == "momentum" and cfg.use_nesterov and runtime.device == "CPU":
         logger.warning("nn.Momentum ignores use_nesterov on CPU; use opt: sgd for Nesterov momentum")
-    schedule = lr_schedule(cfg, lrs["lr"], lrs["min_lr"], steps)
-    optimizer = create_optimizer(net.trainable_params(), opt=cfg.opt, lr=schedule, weight_decay=cfg.weight_decay,
-                                 momentum=cfg.momentum, nesterov=cfg.use_nesterov,
-                                 weight_decay_filter="norm_and_bias" if cfg.filter_bias_and_bn else "disable",
-                                 loss_scale=cfg.loss_scale)
-    loss = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing)
-    step = TrainStep(nn.WithLossCell(net, loss), optimizer, scale_sense=_loss_scale(cfg, runtime.device),
-                     ema=cfg.ema, ema_decay=cfg.ema_decay,
-                     gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    optimizer, step = build_train_step(cfg, net, lr_schedule(cfg, lrs["lr"], lrs["min_lr"], steps))
+    if cfg.loss_scale != 1 or cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update:
+        logger.info("Loss scale %g (%s%s): the loss is multiplied by it and the gradients divided by it once, "
+                    "in the train step", cfg.loss_scale, cfg.loss_scale_type,
+                    ", overflowed steps skipped" if cfg.loss_scale_type == "dynamic" or cfg.drop_overflow_update
+                    else "")
     step.set_jit_config(ms.JitConfig(jit_level=runtime.jit_level))
     return net, optimizer, step
 
