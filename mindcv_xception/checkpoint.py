@@ -67,10 +67,15 @@ def _link_atomic(target: str, link: str) -> None:
 
 
 class CheckpointManager:
-    """Writes epoch checkpoints of one run folder and keeps the newest ``keep_max`` of them."""
+    """Writes epoch checkpoints of one run folder and keeps ``keep_max`` of them.
 
-    def __init__(self, run_dir: str, model_name: str, keep_max: int = 5) -> None:
-        self.run_dir, self.model_name, self.keep_max = run_dir, model_name, max(1, keep_max)
+    ``policy`` (mindcv's ``ckpt_save_policy``): ``latest_k`` keeps the newest, ``top_k`` the best by
+    validation top-1 (read back from the run's metrics.jsonl, so it survives restarts); the newest
+    checkpoint, which a resume needs, is always kept besides them.
+    """
+
+    def __init__(self, run_dir: str, model_name: str, keep_max: int = 5, policy: str = "latest_k") -> None:
+        self.run_dir, self.model_name, self.keep_max, self.policy = run_dir, model_name, max(1, keep_max), policy
         os.makedirs(run_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(run_dir, "*.tmp-*")):  # left by a kill during a write
             os.remove(stale)
@@ -96,7 +101,7 @@ class CheckpointManager:
         return sorted(found)
 
     def save(self, state: Union[nn.Cell, Dict[str, ms.Parameter]], epoch: int, meta: Dict[str, object],
-             is_best: bool = False) -> Optional[str]:
+             is_best: bool = False, score: Optional[float] = None) -> Optional[str]:
         """Write the checkpoint of a finished ``epoch``; update last/best links and retention.
 
         A failed write (disk full, ...) is logged and leaves every earlier checkpoint untouched.
@@ -110,9 +115,35 @@ class CheckpointManager:
         except OSError as exc:
             logger.error("could not write checkpoint %s (%s); the previous checkpoints are intact", path, exc)
             return None
-        for _, old in self.epoch_files()[:-self.keep_max]:
+        for old in self._beyond_retention(epoch, score):
             os.remove(old)
         return path
+
+    def _beyond_retention(self, newest: int, score: Optional[float]) -> List[str]:
+        files = self.epoch_files()
+        if self.policy != "top_k":
+            return [p for _, p in files[:-self.keep_max]]
+        scores = self._scores()
+        if score is not None:
+            scores[newest] = score
+        ranked = sorted((e for e, _ in files if e != newest), key=lambda e: scores.get(e, float("-inf")),
+                        reverse=True)
+        keep = set(ranked[:self.keep_max]) | {newest}
+        return [p for e, p in files if e not in keep]
+
+    def _scores(self) -> Dict[int, float]:
+        """Validation top-1 per epoch, from the run's metrics.jsonl (epochs without validation are left out)."""
+        scores: Dict[int, float] = {}
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            for line in open(path):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("val_top1") is not None:
+                    scores[int(record["epoch"])] = float(record["val_top1"])
+        return scores
 
     def newest_valid(self) -> Tuple[str, Dict[str, ms.Parameter]]:
         """The newest checkpoint that reads back completely; corrupt newer ones are skipped with a warning."""

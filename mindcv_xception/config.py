@@ -59,12 +59,13 @@ OPTIONS: List[Option] = [
     O("ratio", "list[float]", [0.75, 1.333], "random-resized-crop aspect range"),
     O("hflip", "float", 0.5, "horizontal flip probability"),
     O("vflip", "float", 0.0, "vertical flip probability"),
-    O("color_jitter", "list[float]", None, "brightness, contrast, saturation[, hue] jitter", nullable=True),
+    O("color_jitter", "list[float]", None, "brightness, contrast, saturation[, hue] jitter, or one number for "
+      "the first three; used when auto_augment is off", nullable=True),
     O("auto_augment", "str", None, "mindcv auto-augment policy, e.g. autoaug, randaug-m9-mstd0.5", nullable=True),
     O("re_prob", "float", 0.0, "random erasing probability"),
     O("mixup", "float", 0.0, "mixup alpha (0: off)"),
     O("cutmix", "float", 0.0, "cutmix alpha (0: off)"),
-    O("mixup_prob", "float", 1.0, "probability of mixing a batch when mixup or cutmix is on"),
+    O("cutmix_prob", "float", 1.0, "probability of mixing a batch when mixup or cutmix is on (timm: mixup_prob)"),
     O("mixup_switch_prob", "float", 0.5, "probability of cutmix instead of mixup when both are on"),
     O("mean", "list[float]", [127.5, 127.5, 127.5], "per-channel mean (0-255); Xception's weights: x / 127.5 - 1"),
     O("std", "list[float]", [127.5, 127.5, 127.5], "per-channel std (0-255)"),
@@ -74,13 +75,15 @@ OPTIONS: List[Option] = [
     O("in_channels", "int", 3, "input channels"),
     O("bn_momentum", "float", 0.99, "BatchNorm moving-average decay (Keras: 0.99; 0.9 settles faster in short runs)"),
     O("middle_depth", "int", 8, "middle-flow blocks (paper: 8; fewer for quick experiments)"),
-    O("drop_rate", "float", 0.5, "dropout before the classifier (paper: 0.5)"),
+    O("drop_rate", "float", 0.5, "dropout before the classifier (paper: 0.5; empty: the model's default, 0)",
+      nullable=True),
     O("pretrained", "bool", False, "start from the official Keras ImageNet weights (new head if num_classes differs)"),
     O("ckpt_path", "str", "", "start from these weights (fine-tuning; not a resume)"),
     O("resume", "str", "", "continue a run: 'auto' (newest valid checkpoint in ckpt_save_dir) or a path"),
     # optimisation
     O("epoch_size", "int", 10, "number of epochs"),
-    O("opt", "str", "sgd", "optimizer (mindcv create_optimizer)", ("sgd", "momentum", "adamw", "rmsprop", "adam")),
+    O("opt", "str", "sgd", "optimizer (mindcv create_optimizer)",
+      ("sgd", "momentum", "adam", "adamw", "lion", "rmsprop", "adagrad", "lamb", "nadam")),
     O("lr", "float", 0.045, "base learning rate, for lr_base_batch_size"),
     O("min_lr", "float", 0.0, "final learning rate of the decay (scaled like lr)"),
     O("lr_scale", "bool", True, "scale lr, min_lr linearly by global batch / lr_base_batch_size"),
@@ -88,17 +91,24 @@ OPTIONS: List[Option] = [
     O("momentum", "float", 0.9, "SGD momentum"),
     O("weight_decay", "float", 1e-5, "weight decay"),
     O("use_nesterov", "bool", False, "Nesterov momentum"),
-    O("filter_bias_and_bn", "bool", True, "no weight decay on biases and BatchNorm"),
+    O("weight_decay_filter", "str", "norm_and_bias", "parameters without weight decay: disable (none), "
+      "norm_and_bias (BatchNorm and biases), auto (mindcv's choice)", ("disable", "auto", "norm_and_bias")),
+    O("eps", "float", 1e-10, "optimizer epsilon (adam, adamw, rmsprop, ...)"),
     O("gradient_accumulation_steps", "int", 1, "batches per optimizer update"),
     O("scheduler", "str", "warmup_cosine_decay", "mindcv learning-rate schedule",
-      ("constant", "cosine_decay", "warmup_cosine_decay", "step_decay", "exponential_decay", "polynomial_decay")),
+      ("constant", "cosine_decay", "warmup_cosine_decay", "step_decay", "multi_step_decay", "exponential_decay",
+       "polynomial_decay", "one_cycle", "cyclic")),
     O("warmup_epochs", "int", 0, "linear warm-up epochs"),
     O("warmup_factor", "float", 0.0, "warm-up starts at warmup_factor * lr"),
     O("decay_epochs", "int", 0, "step_decay: epochs per decay; cosine: decay length (0: to the end)"),
     O("decay_rate", "float", 0.94, "step_decay / exponential_decay factor"),
     O("lr_epoch_stair", "bool", False, "change the lr once per epoch instead of every step"),
+    O("multi_step_decay_milestones", "list[int]", [30, 60, 90], "multi_step_decay: epochs where lr x decay_rate"),
+    O("num_cycles", "int", 1, "cosine_decay / cyclic: number of cycles"),
+    O("cycle_decay", "float", 1.0, "cosine_decay: each cycle's peak lr x this"),
     O("loss", "str", "CE", "loss (mindcv create_loss)", ("CE", "BCE")),
     O("label_smoothing", "float", 0.0, "label smoothing"),
+    O("reduction", "str", "mean", "loss reduction over the batch", ("mean", "sum")),
     O("amp_level", "str", "O0", "mixed precision: O0 fp32, O1 convs fp16, O2 all but BatchNorm fp16, O3 all fp16 (slow on CPU)", ("O0", "O1", "O2", "O3")),
     O("loss_scale", "float", 1.0, "loss scale (initial value when dynamic); the gradients are divided by it once"),
     O("loss_scale_type", "str", "fixed", "fixed, or dynamic (skips overflowed steps, halves the scale)",
@@ -116,6 +126,31 @@ OPTIONS: List[Option] = [
     O("keep_checkpoint_max", "int", 5, "epoch checkpoints kept besides last.ckpt and best.ckpt"),
     O("log_interval", "int", 20, "steps between progress lines"),
     O("use_ema_weights", "bool", True, "validate.py / infer: use EMA weights when the checkpoint has them"),
+    # the rest of mindcv 0.3.0's keys (mindcv_keys.py: aliases, refused values, MindCV recipes' defaults)
+    O("re_scale", "list[float]", [0.02, 0.33], "random erasing: area range of the erased box"),
+    O("re_ratio", "list[float]", [0.3, 3.3], "random erasing: aspect range of the erased box"),
+    O("re_value", "str", "0", "random erasing: what erased pixels get, an integer or 'random' (mindcv's values)"),
+    O("re_max_attempts", "int", 10, "random erasing: tries to place a box"),
+    O("num_samples", "int", None, "training images drawn per epoch (empty: all)", nullable=True),
+    O("aug_repeats", "int", 0, "repeated augmentation: each image this many times per epoch, "
+      "spread over the ranks (0, 1: off)"),
+    O("val_amp_level", "str", "O0", "mixed precision of validation", ("O0", "O1", "O2", "O3")),
+    O("ckpt_save_interval", "int", 1, "save a checkpoint every this many epochs (and the last)"),
+    O("ckpt_save_policy", "str", "latest_k", "keep the newest keep_checkpoint_max epoch checkpoints (latest_k) "
+      "or the best ones by val top-1 (top_k)", ("latest_k", "top_k")),
+    O("dataset_sink_mode", "bool", False, "mindcv: sink an epoch's steps into the device; here every device "
+      "runs step by step (same result; see the README)"),
+    O("resume_opt", "bool", False, "mindcv's resume: with ckpt_path, continue that run (= --resume ckpt_path)"),
+    O("dataset_download", "bool", False, "mindcv: download the dataset (refused: nothing is downloaded here)"),
+    O("aug_splits", "int", 0, "mindcv: AugMix splits (refused: not supported)"),
+    O("layer_decay", "float", None, "mindcv: layer-wise lr decay (refused: Xception has no transformer blocks)",
+      nullable=True),
+    O("aux_factor", "float", 0.0, "mindcv: auxiliary loss factor (refused: Xception has no auxiliary head)"),
+    O("amp_cast_list", "str", None, "mindcv: per-cell cast list (refused: use amp_level)", nullable=True),
+    O("drop_path_rate", "float", None, "mindcv: stochastic depth (refused: Xception has none)", nullable=True),
+    O("enable_modelarts", "bool", False, "mindcv <= 0.2: ModelArts copying (refused)"),
+    *[O(name, "str", "", "mindcv <= 0.2: a ModelArts address (unused here)") for name in ("data_url", "ckpt_url",
+                                                                                         "train_url", "multi_data_url")],
 ]
 OPTIONS_BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
 _TRUE, _FALSE = {"true", "1", "yes", "y", "on"}, {"false", "0", "no", "n", "off"}
@@ -168,9 +203,13 @@ def check_value(opt: Option, value: Any, where: str = "the config") -> Any:
             value = " ".join(value)  # from the command line: "--scale 0.5 1.0", "--scale 0.5,1.0" or "[0.5, 1.0]"
         if isinstance(value, str):
             value = value.replace("[", "").replace("]", "").replace(",", " ").split()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # mindcv writes some lists as one number (color_jitter: 0.4)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{opt.name} in {where} must be a list of {kind}, got {value!r}")
         return [check_value(Option(opt.name, kind, None, ""), v, where) for v in value]
+    if opt.type == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a number where text is expected (re_value: 0)
     if isinstance(value, str) and opt.type != "str":
         value = _parse_scalar(value, opt.type, opt.name, where)
     ok = {
@@ -202,10 +241,19 @@ def load_recipe(path: str) -> Dict[str, Any]:
         raise ConfigError(f"{path} must be a mapping of config keys to values")
     checked = {}
     for name, value in data.items():
-        if name not in OPTIONS_BY_NAME:
-            raise _unknown(name, path)
-        checked[name] = check_value(OPTIONS_BY_NAME[name], value, path)
+        checked[name] = check_value(_option(name, path), value, path)
     return checked
+
+
+def _option(name: str, where: str) -> Option:
+    """The option (or the alias, typed as its old self) called ``name``; unknown names are errors."""
+    from .mindcv_keys import ALIASES
+
+    if name in OPTIONS_BY_NAME:
+        return OPTIONS_BY_NAME[name]
+    if name in ALIASES:
+        return Option(name, ALIASES[name][0], None, f"old name of {ALIASES[name][1]}")
+    raise _unknown(name, where)
 
 
 def build_parser(description: str, extra: Sequence[Option] = ()) -> argparse.ArgumentParser:
@@ -213,8 +261,13 @@ def build_parser(description: str, extra: Sequence[Option] = ()) -> argparse.Arg
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-c", "--config", default="", help="YAML recipe (configs/xception/*.yaml)")
-    for opt in list(OPTIONS) + list(extra):
-        kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"{opt.help} (default: {opt.default})")
+    from .mindcv_keys import ALIASES
+
+    aliases = [Option(name, kind, None, f"old name of {new} ({origin})") for name, (kind, new, _, origin)
+               in ALIASES.items()]
+    for opt in list(OPTIONS) + list(extra) + aliases:
+        kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=opt.help if opt.name not in OPTIONS_BY_NAME
+                                      else f"{opt.help} (default: {opt.default})")
         if opt.type.startswith("list["):
             kwargs["nargs"] = "+"
         if opt.name == "resume":
@@ -235,16 +288,33 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             raise _unknown(token[2:].split("=")[0], "the command line")
     if unknown:
         raise ConfigError(f"unexpected argument(s) {' '.join(unknown)}; flags take the form --key value")
+    from .mindcv_keys import MINDCV_CARDS, MINDCV_DEFAULTS, check_refused, translate
+
     options = {o.name: o for o in list(OPTIONS) + list(extra)}
     values = {name: o.default for name, o in options.items()}
-    if args.config:
-        values.update(load_recipe(args.config))
-    for name, value in vars(args).items():
-        if name != "config":
-            values[name] = check_value(options[name], value, "the command line")
+    notes: List[str] = []
+    recipe = translate(load_recipe(args.config), args.config, notes) if args.config else {}
+    flags = {name: check_value(_option(name, "the command line"), value, "the command line")
+             for name, value in vars(args).items() if name != "config"}
+    flags = translate(flags, "the command line", notes)
+    if args.config and "lr_base_batch_size" not in recipe:
+        # a MindCV recipe: what it leaves out means what it means in mindcv
+        defaults = {k: v for k, v in MINDCV_DEFAULTS.items() if k in options and k not in recipe}
+        values.update(defaults)
+        notes.append(f"{args.config} does not state lr_base_batch_size: read as a MindCV recipe, its unset keys "
+                     f"take mindcv 0.3.0's defaults ({', '.join(sorted(defaults))}) and its lr is taken as tuned "
+                     f"for {MINDCV_CARDS} cards x batch_size")
+        values["lr_base_batch_size"] = MINDCV_CARDS * {**values, **recipe, **flags}["batch_size"]
+    values.update(recipe)
+    values.update(flags)
     cfg = Config(values)
     cfg["config"] = args.config
-    cfg.explicit = set(vars(args)) - {"config"}  # keys given on the command line (resume --lr re-bases)
+    if "dataset_sink_mode" in options and cfg.dataset_sink_mode:
+        notes.append("dataset_sink_mode: True runs step by step here (the same training; per-step loss checks "
+                     "and mid-epoch checkpoints need the loop in Python)")
+    check_refused(cfg)
+    cfg.explicit = set(flags)  # keys given on the command line (resume --lr re-bases)
+    cfg.notes = notes  # how mindcv keys were read: the scripts log them
     return cfg
 
 

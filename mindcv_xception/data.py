@@ -175,9 +175,20 @@ class DecodedImages:
         return (image, label, np.float32(valid)) if self.with_valid else (image, label)
 
 
-def train_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> np.ndarray:
-    """This rank's sample order for ``epoch``: a slice of one (seed, epoch) permutation, equal length on all ranks."""
+def train_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1,
+                num_samples: Optional[int] = None, aug_repeats: int = 0) -> np.ndarray:
+    """This rank's sample order for ``epoch``: a slice of one (seed, epoch) permutation, equal length on all ranks.
+
+    ``num_samples`` draws only that many images per epoch (mindcv's key). ``aug_repeats`` > 1 is repeated
+    augmentation: each drawn image appears that many times in a row, so its copies land on different
+    ranks with different augmentations, and the epoch keeps its length (fewer distinct images).
+    """
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if num_samples:
+        order = order[:num_samples]
+    n = len(order)
+    if aug_repeats > 1:
+        order = np.repeat(order, aug_repeats)[:n]
     per_rank = math.ceil(n / world)
     order = np.resize(order, per_rank * world)  # wrap around so every rank gets as many samples
     return order[rank::world]
@@ -205,15 +216,30 @@ def _without_decode(ops: list) -> list:
     return out
 
 
+def _erase_value(text: str):
+    """re_value as mindcv passes it to RandomErasing: 'random', or an integer."""
+    if text == "random":
+        return text
+    try:
+        return int(float(text))
+    except ValueError:
+        raise DataError(f"re_value must be an integer or 'random', got {text!r}") from None
+
+
 def image_transforms(cfg, is_training: bool) -> list:
     """mindcv's ImageNet transforms for the recipe's settings, without the decode step."""
     from mindcv.data import create_transforms
 
     common = dict(image_resize=cfg.image_resize, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
     if is_training:
+        jitter = cfg.color_jitter
+        if jitter is not None and len(jitter) == 1:
+            jitter = jitter[0]  # one number: brightness, contrast and saturation alike (mindcv)
         ops = create_transforms("imagenet", is_training=True, auto_augment=cfg.auto_augment,
                                 scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, vflip=cfg.vflip,
-                                color_jitter=cfg.color_jitter, re_prob=cfg.re_prob, **common)
+                                color_jitter=jitter, re_prob=cfg.re_prob, re_scale=tuple(cfg.re_scale),
+                                re_ratio=tuple(cfg.re_ratio), re_value=_erase_value(cfg.re_value),
+                                re_max_attempts=cfg.re_max_attempts, **common)
     else:
         ops = create_transforms("imagenet", is_training=False, crop_pct=cfg.crop_pct, **common)
     return _without_decode(ops)
@@ -235,7 +261,8 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
 
     # augmentation randomness, like the order, depends on (seed, epoch) only
     ds.config.set_seed(cfg.seed * 1000 + epoch)
-    source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world),
+    source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world,
+                                               cfg.num_samples, cfg.aug_repeats),
                            grayscale=cfg.in_channels == 1)
     dataset = _pipeline(source, cfg, True, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
@@ -243,8 +270,8 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
         from mindcv.data.mixup import Mixup
 
         # mindcv's create_loader passes cutmix_prob as Mixup's overall probability (default 0: nothing
-        # mixes), so Mixup is built here with the recipe's mixup_prob.
-        mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+        # mixes), so Mixup is built here with the recipe's cutmix_prob.
+        mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.cutmix_prob,
                     switch_prob=cfg.mixup_switch_prob, label_smoothing=0.0, num_classes=cfg.num_classes)
         dataset = dataset.map(operations=mix, input_columns=["image", "label"])
     return dataset, source

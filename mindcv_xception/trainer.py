@@ -66,7 +66,9 @@ def lr_schedule(cfg: Config, lr: float, min_lr: float, steps: int) -> List[float
     return list(create_scheduler(steps_per_epoch=steps, scheduler=cfg.scheduler, lr=lr, min_lr=min_lr,
                                  warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor,
                                  decay_epochs=decay_epochs, decay_rate=cfg.decay_rate,
-                                 num_epochs=cfg.epoch_size, lr_epoch_stair=cfg.lr_epoch_stair))
+                                 milestones=cfg.multi_step_decay_milestones, num_epochs=cfg.epoch_size,
+                                 num_cycles=cfg.num_cycles, cycle_decay=cfg.cycle_decay,
+                                 lr_epoch_stair=cfg.lr_epoch_stair))
 
 
 def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, lrs: Dict[str, float]):
@@ -75,9 +77,9 @@ def build_training(cfg: Config, runtime: Runtime, num_classes: int, steps: int, 
 
     from .training_step import AMP_LEVELS, apply_amp, build_train_step
 
-    net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels, drop_rate=cfg.drop_rate,
-                       middle_depth=cfg.middle_depth, bn_momentum=cfg.bn_momentum,
-                       pretrained=cfg.pretrained)
+    dropout = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # None: the model's default
+    net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels, middle_depth=cfg.middle_depth,
+                       bn_momentum=cfg.bn_momentum, pretrained=cfg.pretrained, **dropout)
     if cfg.ckpt_path:
         params = read_checkpoint(cfg.ckpt_path)
         load_weights(net, network_params(params), allow_new_classifier=True, source=cfg.ckpt_path)
@@ -183,6 +185,11 @@ def train(cfg: Config) -> Dict[str, object]:
     runtime = setup_runtime(cfg.mode, cfg.device_target, cfg.jit_level, cfg.distribute, cfg.seed)
     run_dir = cfg.ckpt_save_dir
     setup_logging(runtime, run_dir)
+    for note in getattr(cfg, "notes", ()):
+        logger.info("Config: %s", note)
+    if cfg.resume_opt and cfg.ckpt_path and not cfg.resume:
+        logger.info("Config: ckpt_path with resume_opt (mindcv's resume) read as --resume %s", cfg.ckpt_path)
+        cfg["resume"], cfg["ckpt_path"] = cfg.ckpt_path, ""
     if cfg.pretrained and cfg.ckpt_path:
         raise ValueError("pretrained and ckpt_path both name starting weights; give one of them")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and (not cfg.drop_remainder or cfg.batch_size % 2):
@@ -195,7 +202,8 @@ def train(cfg: Config) -> Dict[str, object]:
                                  f"{len(train_folder.class_names)} class folders; set --num_classes "
                                  f"{len(train_folder.class_names)} (or 0 to take it from the folders)")
     cfg["num_classes"] = num_classes
-    steps = data_mod.steps_per_epoch(len(train_folder), cfg.batch_size, runtime.world, cfg.drop_remainder)
+    epoch_images = min(cfg.num_samples or len(train_folder), len(train_folder))
+    steps = data_mod.steps_per_epoch(epoch_images, cfg.batch_size, runtime.world, cfg.drop_remainder)
     if steps < 1:
         raise data_mod.DataError(f"{len(train_folder)} training images are fewer than one batch of "
                                  f"{cfg.batch_size} per process; lower --batch_size")
@@ -209,7 +217,7 @@ def train(cfg: Config) -> Dict[str, object]:
 
     net, optimizer, step_cell = build_training(cfg, runtime, num_classes, steps, lrs)
     state = training_state(step_cell, net)
-    manager = CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max)
+    manager = CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max, cfg.ckpt_save_policy)
     meta: Dict[str, object] = {"epoch": 0, "global_step": 0, "best_top1": None}
     if cfg.resume:
         meta = _resume(cfg, manager, state, optimizer, num_classes)
@@ -222,8 +230,10 @@ def train(cfg: Config) -> Dict[str, object]:
     if cfg.ema:
         from mindcv.models import create_model
 
-        eval_net = create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
-                                middle_depth=cfg.middle_depth)
+        from .training_step import apply_amp
+
+        eval_net = apply_amp(create_model(cfg.model, num_classes=num_classes, in_channels=cfg.in_channels,
+                                          middle_depth=cfg.middle_depth), cfg.val_amp_level)
     evaluator = Evaluator(eval_net or net, num_classes, runtime)
     start_epoch, best = int(meta["epoch"]), meta.get("best_top1")
     global_step = int(meta["global_step"])
@@ -284,7 +294,8 @@ def train(cfg: Config) -> Dict[str, object]:
                 "middle_depth": cfg.middle_depth,
                 "ema": cfg.ema}
         if runtime.is_main:
-            manager.save(state, epoch + 1, meta, is_best)
+            if (epoch + 1) % cfg.ckpt_save_interval == 0 or epoch + 1 == cfg.epoch_size or is_best:
+                manager.save(state, epoch + 1, meta, is_best, score=record.get("val_top1"))
             write_metrics(run_dir, record)
         logger.info("epoch %d/%d done: loss %.4f lr %.6g val top-1 %s top-5 %s %.1f img/s ETA %.0fs",
                     epoch + 1, cfg.epoch_size, record["train_loss"], record["lr"],

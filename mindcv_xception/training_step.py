@@ -125,8 +125,8 @@ def loss_scale_sense(loss_scale_type: str, loss_scale: float,
 def build_train_step(cfg, net: nn.Cell, lr_schedule) -> Tuple[nn.Optimizer, nn.Cell]:
     """The optimizer and the compiled training cell for ``net`` (already set to its ``amp_level``).
 
-    Reads the recipe keys opt, weight_decay, momentum, use_nesterov, filter_bias_and_bn, loss,
-    label_smoothing, loss_scale, loss_scale_type, drop_overflow_update, ema, ema_decay, clip_grad,
+    Reads the recipe keys opt, weight_decay, momentum, use_nesterov, weight_decay_filter, eps, loss,
+    label_smoothing, reduction, loss_scale, loss_scale_type, drop_overflow_update, ema, ema_decay, clip_grad,
     clip_value and gradient_accumulation_steps. ``lr_schedule`` is a per-step list or a float.
     """
     from mindcv.loss import create_loss
@@ -134,9 +134,9 @@ def build_train_step(cfg, net: nn.Cell, lr_schedule) -> Tuple[nn.Optimizer, nn.C
 
     optimizer = create_optimizer(net.trainable_params(), opt=cfg.opt, lr=lr_schedule, weight_decay=cfg.weight_decay,
                                  momentum=cfg.momentum, nesterov=cfg.use_nesterov,
-                                 weight_decay_filter="norm_and_bias" if cfg.filter_bias_and_bn else "disable",
+                                 weight_decay_filter=cfg.weight_decay_filter, eps=cfg.eps,
                                  loss_scale=1.0)  # the train step divides the loss scale out (module docstring)
-    loss = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing)
+    loss = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction)
     step = TrainStep(LossInFloat32(net, loss), optimizer,
                      scale_sense=loss_scale_sense(cfg.loss_scale_type, cfg.loss_scale,
                                                   cfg.drop_overflow_update),

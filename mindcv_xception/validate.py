@@ -38,6 +38,8 @@ def validate(cfg: Config) -> Dict[str, float]:
     from mindcv.models import create_model
 
     runtime = setup_runtime(cfg.mode, cfg.device_target, cfg.jit_level, cfg.distribute, cfg.seed)
+    for note in getattr(cfg, "notes", ()):
+        logger.info("Config: %s", note)
     if not cfg.ckpt_path:
         raise ConfigError("validate.py needs --ckpt_path (a training, converted Keras or MindCV checkpoint)")
     params = read_checkpoint(cfg.ckpt_path)
@@ -53,6 +55,10 @@ def validate(cfg: Config) -> Dict[str, float]:
                        middle_depth=cfg.middle_depth, **extra)
     load_weights(net, network_params(params, use_ema=cfg.use_ema_weights), source=cfg.ckpt_path)
     net = inference_network(net)  # BatchNorm folded: the same outputs, faster
+    if cfg.val_amp_level != "O0":
+        from .training_step import apply_amp
+
+        apply_amp(net, cfg.val_amp_level)
     result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg)
     result["rank"] = runtime.rank
     return result
