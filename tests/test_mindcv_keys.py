@@ -131,3 +131,37 @@ def test_mindcv_recipe_trains_and_resumes_the_mindcv_way(mindcv_recipe, digits_d
     for name in a:
         if name.endswith("weight"):
             np.testing.assert_array_equal(a[name].asnumpy(), b[name].asnumpy(), err_msg=name)
+
+
+def test_num_samples_draws_that_many_images_per_epoch():
+    from mindcv_xception.data import train_order
+
+    order = train_order(100, epoch=0, seed=1, shuffle=True, num_samples=24)
+    assert len(order) == 24 and len(set(order.tolist())) == 24
+    assert not np.array_equal(order, train_order(100, epoch=1, seed=1, shuffle=True, num_samples=24))
+
+
+def test_aug_repeats_puts_the_copies_of_an_image_on_different_ranks_and_keeps_the_epoch_length():
+    from mindcv_xception.data import train_order
+
+    shards = [train_order(48, epoch=0, seed=1, shuffle=True, rank=r, world=3, aug_repeats=3) for r in range(3)]
+    assert sum(len(s) for s in shards) == 48
+    first_image = shards[0][0]
+    assert [s[0] for s in shards] == [first_image] * 3  # one image, three ranks, three augmentations
+
+
+def test_top_k_policy_keeps_the_best_epochs_and_the_newest(tmp_path):
+    import json
+
+    from mindcv_xception.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(str(tmp_path), "net", keep_max=2, policy="top_k")
+    state = {"w": __import__("mindspore").Parameter(np.zeros(2, np.float32), name="w")}
+    for epoch, top1 in enumerate([0.5, 0.9, 0.3, 0.8, 0.1], start=1):
+        manager.save(state, epoch, {"epoch": epoch}, score=top1)
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "val_top1": top1}) + "\n")
+    assert [e for e, _ in manager.epoch_files()] == [2, 4, 5]  # the two best, and the newest for resume
+    latest = CheckpointManager(str(tmp_path), "net", keep_max=2)
+    latest.save(state, 6, {"epoch": 6}, score=0.0)
+    assert [e for e, _ in latest.epoch_files()] == [5, 6]
