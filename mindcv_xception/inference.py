@@ -133,7 +133,7 @@ def checkpoint_preprocessing(meta: Dict[str, object], overrides: Optional[Dict[s
     user gave; each is logged.
     """
     return resolve(meta, overrides or {}, legacy_preprocessing(meta), source,
-                   "infer.py's previous defaults (bicubic, x / 127.5 - 1)")
+                   "infer.py's previous defaults")
 
 
 def image_logits(net: nn.Cell, paths: Sequence[str], prep: Preprocessing) -> np.ndarray:
