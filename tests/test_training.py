@@ -88,7 +88,9 @@ def test_infer_over_the_val_images_gets_the_accuracy_training_reported(trained, 
     code, out, err = run_script(["infer.py", "--ckpt_path", os.path.join(run_dir, "last.ckpt"), "--json",
                                  os.path.join(data, "val")])
     assert code == 0, err[-3000:]
-    results = json.loads(out)["results"]
+    document = json.loads(out)
+    assert document["preprocessing"]["mean"] == [0, 0, 0] and document["preprocessing"]["interpolation"] == "bilinear"
+    results = document["results"]
     hits = sum(r["top"][0]["name"] == os.path.basename(os.path.dirname(r["image"])) for r in results)
     assert abs(hits / len(results) - metrics[-1]["val_top1"]) * len(results) <= 1.0 + 1e-6
 
