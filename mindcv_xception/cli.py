@@ -1,10 +1,18 @@
 """Entry points of the top-level scripts: parse the config, run, turn expected errors into one line."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable, Optional, Sequence
 
 from .config import ConfigError, parse_config
+
+
+def log_to_stderr() -> None:
+    """Show this package's INFO messages on stderr, unless the application has configured logging itself."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        logging.getLogger("mindcv_xception").setLevel(logging.INFO)
 
 
 def run_cli(fn: Callable[[], int]) -> int:

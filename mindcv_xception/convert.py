@@ -5,7 +5,8 @@
 
 The output is written to a temporary file and renamed at the end: a failed conversion leaves no
 partial checkpoint. It carries the metadata record under ``META_KEY`` (model, num_classes,
-class_names = null for ImageNet classes, source, and ``bn_eps`` where it differs from ours).
+class_names = null for ImageNet classes, source, ``bn_eps`` where it differs from ours, and the
+evaluation ``preprocessing`` the weights were trained for: ``preprocessing.KERAS`` / ``MINDCV``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 from .keras_weights import KerasWeightsError, keras_num_classes, map_layers, read_keras_layers
 from .loading import META_KEY, CheckpointError, load_weights, read_checkpoint
 from .network import XCEPTION_WIDTHS, Xception
+from .preprocessing import KERAS, MINDCV, PREPROCESSING_KEY
 
 MINDCV_BN_EPS = 1e-5  # mindcv 0.3.0's Xception uses MindSpore's default BatchNorm eps
 
@@ -50,6 +52,18 @@ def save_converted(params: Dict[str, np.ndarray], meta: Dict[str, object], dst: 
             os.remove(tmp)
 
 
+def keras_meta(num_classes: int, source: str) -> Dict[str, object]:
+    """The metadata of converted Keras weights: ImageNet (or the file's) classes, Keras's preprocessing."""
+    return {"model": "xception", "num_classes": num_classes, "class_names": None, "source": source,
+            PREPROCESSING_KEY: KERAS.to_record()}
+
+
+def mindcv_meta(num_classes: int, source: str) -> Dict[str, object]:
+    """The metadata of converted MindCV weights: their BatchNorm eps and MindCV's preprocessing."""
+    return {"model": "xception", "num_classes": num_classes, "class_names": None, "source": source,
+            "bn_eps": MINDCV_BN_EPS, PREPROCESSING_KEY: MINDCV.to_record()}
+
+
 def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], int]:
     """Read a Keras Xception weight file as our parameters; returns them and the class count.
 
@@ -72,8 +86,7 @@ def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[s
 def convert_keras(src: str, dst: str, num_classes: Optional[int] = None, source: Optional[str] = None) -> Dict[str, object]:
     """Convert a Keras Xception weight file (``.h5`` or ``.weights.h5``) to our checkpoint; returns its metadata."""
     params, num_classes = keras_to_params(src, num_classes)
-    meta = {"model": "xception", "num_classes": num_classes, "class_names": None,
-            "source": source or f"keras:{os.path.basename(src)}"}
+    meta = keras_meta(num_classes, source or f"keras:{os.path.basename(src)}")
     save_converted(params, meta, dst)
     return meta
 
@@ -127,7 +140,7 @@ def mindcv_params_to_ours(theirs: Mapping[str, object]) -> Dict[str, np.ndarray]
 
 
 def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dict[str, object]:
-    """Convert a mindcv 0.3.0 Xception checkpoint to ours (BatchNorm eps 1e-5 recorded in the metadata)."""
+    """Convert a mindcv 0.3.0 Xception checkpoint to ours (BatchNorm eps 1e-5 and MindCV's preprocessing recorded)."""
     theirs = read_checkpoint(src)
     if not is_mindcv_checkpoint(theirs):
         raise CheckpointError(f"{src} is not a mindcv Xception checkpoint (no conv1 / blocks.* parameters); "
@@ -141,8 +154,7 @@ def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dic
                               f"--num_classes {file_classes} (or 0 to drop the head)")
     if num_classes == 0:
         params = {n: v for n, v in params.items() if not n.startswith("classifier.")}
-    meta = {"model": "xception", "num_classes": num_classes, "class_names": None,
-            "source": f"mindcv:{os.path.basename(src)}", "bn_eps": MINDCV_BN_EPS}
+    meta = mindcv_meta(num_classes, f"mindcv:{os.path.basename(src)}")
     save_converted(params, meta, dst)
     return meta
 

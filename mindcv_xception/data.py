@@ -19,9 +19,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+from .preprocessing import IMAGE_EXTENSIONS, Preprocessing, decode_image, eval_transforms, from_config
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -133,26 +133,22 @@ def find_val_split(data_dir: str, val_split: str = "val", class_names: Optional[
 class DecodedImages:
     """Random-access source of (HWC uint8 image, label[, valid]) for ``GeneratorDataset``.
 
+    Images are decoded by ``preprocessing.decode_image`` in ``channel_order`` (RGB, BGR, or L for gray).
+
     ``indices`` picks (and orders) the samples; -1 marks a padding item (valid = 0), used to give every
     validation batch the same shape. A file that fails to decode is replaced by the next sample and
     counted in ``failures``.
     """
 
-    def __init__(self, folder: ImageFolder, indices: Sequence[int], grayscale: bool = False,
+    def __init__(self, folder: ImageFolder, indices: Sequence[int], channel_order: str = "RGB",
                  with_valid: bool = False) -> None:
         self.folder, self.indices = folder, list(indices)
-        self.grayscale, self.with_valid = grayscale, with_valid
+        self.channel_order, self.with_valid = channel_order, with_valid
         self.failures: List[str] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def _decode(self, path: str) -> np.ndarray:
-        with Image.open(path) as img:
-            img = img.convert("L" if self.grayscale else "RGB")
-            arr = np.asarray(img, dtype=np.uint8)
-        return arr[:, :, None] if arr.ndim == 2 else arr
 
     def __getitem__(self, i: int):
         index = self.indices[i]
@@ -162,7 +158,7 @@ class DecodedImages:
         for attempt in range(n):
             path, label = self.folder.samples[(index + attempt) % n]
             try:
-                image = self._decode(path)
+                image = decode_image(path, self.channel_order)
                 break
             except Exception:  # a corrupt file: count it and use the next image
                 with self._lock:
@@ -226,33 +222,28 @@ def _erase_value(text: str):
         raise DataError(f"re_value must be an integer or 'random', got {text!r}") from None
 
 
-def image_transforms(cfg, is_training: bool) -> list:
-    """mindcv's ImageNet transforms for the recipe's settings, without the decode step."""
+def train_transforms(cfg) -> list:
+    """mindcv's ImageNet training transforms (augmentation) for the recipe's settings, without the decode step."""
     from mindcv.data import create_transforms
 
-    common = dict(image_resize=cfg.image_resize, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
-    if is_training:
-        jitter = cfg.color_jitter
-        if jitter is not None and len(jitter) == 1:
-            jitter = jitter[0]  # one number: brightness, contrast and saturation alike (mindcv)
-        ops = create_transforms("imagenet", is_training=True, auto_augment=cfg.auto_augment,
-                                scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, vflip=cfg.vflip,
-                                color_jitter=jitter, re_prob=cfg.re_prob, re_scale=tuple(cfg.re_scale),
-                                re_ratio=tuple(cfg.re_ratio), re_value=_erase_value(cfg.re_value),
-                                re_max_attempts=cfg.re_max_attempts, **common)
-    else:
-        ops = create_transforms("imagenet", is_training=False, crop_pct=cfg.crop_pct, **common)
+    jitter = cfg.color_jitter
+    if jitter is not None and len(jitter) == 1:
+        jitter = jitter[0]  # one number: brightness, contrast and saturation alike (mindcv)
+    ops = create_transforms("imagenet", is_training=True, auto_augment=cfg.auto_augment,
+                            scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, vflip=cfg.vflip,
+                            color_jitter=jitter, re_prob=cfg.re_prob, re_scale=tuple(cfg.re_scale),
+                            re_ratio=tuple(cfg.re_ratio), re_value=_erase_value(cfg.re_value),
+                            re_max_attempts=cfg.re_max_attempts, image_resize=cfg.image_resize,
+                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
     return _without_decode(ops)
 
 
-def _pipeline(source: DecodedImages, cfg, is_training: bool, columns: List[str]):
+def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]):
     import mindspore.dataset as ds
 
     dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
-                                  num_parallel_workers=max(1, cfg.num_parallel_workers), python_multiprocessing=False)
-    dataset = dataset.map(operations=image_transforms(cfg, is_training), input_columns="image",
-                          num_parallel_workers=max(1, cfg.num_parallel_workers))
-    return dataset
+                                  num_parallel_workers=max(1, workers), python_multiprocessing=False)
+    return dataset.map(operations=ops, input_columns="image", num_parallel_workers=max(1, workers))
 
 
 def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1):
@@ -263,8 +254,8 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
     ds.config.set_seed(cfg.seed * 1000 + epoch)
     source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world,
                                                cfg.num_samples, cfg.aug_repeats),
-                           grayscale=cfg.in_channels == 1)
-    dataset = _pipeline(source, cfg, True, ["image", "label"])
+                           channel_order="L" if cfg.in_channels == 1 else "RGB")
+    dataset = _pipeline(source, train_transforms(cfg), cfg.num_parallel_workers, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     if cfg.mixup > 0 or cfg.cutmix > 0:
         from mindcv.data.mixup import Mixup
@@ -277,11 +268,16 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
     return dataset, source
 
 
-def val_dataset(folder: ImageFolder, cfg, rank: int = 0, world: int = 1):
-    """This rank's validation batches, with a ``valid`` column marking padding (and the source)."""
+def val_dataset(folder: ImageFolder, cfg, rank: int = 0, world: int = 1, prep: Optional[Preprocessing] = None):
+    """This rank's validation batches, with a ``valid`` column marking padding (and the source).
+
+    ``prep`` is the evaluation preprocessing (default: the recipe's, ``preprocessing.from_config``);
+    ``infer.py`` runs the same ops on single images.
+    """
+    prep = prep or from_config(cfg)
     source = DecodedImages(folder, val_order(len(folder), cfg.batch_size, rank, world),
-                           grayscale=cfg.in_channels == 1, with_valid=True)
-    dataset = _pipeline(source, cfg, False, ["image", "label", "valid"])
+                           channel_order=prep.channel_order, with_valid=True)
+    dataset = _pipeline(source, eval_transforms(prep), cfg.num_parallel_workers, ["image", "label", "valid"])
     return dataset.batch(cfg.batch_size, drop_remainder=True), source
 
 

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
 from .distributed import Runtime, all_reduce_sum
+from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 
 class EvalStep(nn.Cell):
-    """Per batch: summed loss, top-1 hits, top-k hits and the number of real (unpadded) images."""
+    """Per batch: summed loss, top-1 hits, top-k hits, the number of real (unpadded) images, the logits."""
 
     def __init__(self, network: nn.Cell, top_k: int = 5) -> None:
         super().__init__()
@@ -33,34 +34,46 @@ class EvalStep(nn.Cell):
         hits = (top == labels.reshape(-1, 1)).astype(ms.float32)
         top1 = hits[:, 0]
         topk = hits.sum(axis=1)
-        return (losses * valid).sum(), (top1 * valid).sum(), (topk * valid).sum(), valid.sum()
+        return (losses * valid).sum(), (top1 * valid).sum(), (topk * valid).sum(), valid.sum(), logits
 
 
 class Evaluator:
-    """Validates ``network`` on image folders with the recipe's eval transforms."""
+    """Validates ``network`` on image folders with an evaluation preprocessing (``preprocessing.eval_transforms``)."""
 
     def __init__(self, network: nn.Cell, num_classes: int, runtime: Runtime) -> None:
         self.network, self.runtime = network, runtime
         self.step = EvalStep(network, top_k=min(5, num_classes))
 
-    def run(self, folder, cfg) -> Dict[str, float]:
-        """top1, top5, loss, num_images and images_per_s over ``folder``."""
+    def run(self, folder, cfg, prep: Optional[Preprocessing] = None, keep_logits: bool = False) -> Dict[str, object]:
+        """top1, top5, loss, num_images and images_per_s over ``folder``.
+
+        ``prep``: the evaluation preprocessing (default: the recipe's). ``keep_logits`` adds ``logits``,
+        this rank's (images, classes) array in the rank's image order (all images on one process).
+        """
         from .data import val_dataset
 
         self.step.set_train(False)
-        dataset, source = val_dataset(folder, cfg, self.runtime.rank, self.runtime.world)
+        dataset, source = val_dataset(folder, cfg, self.runtime.rank, self.runtime.world, prep)
         totals = np.zeros(4, np.float64)
+        kept = []
         start = time.time()
         for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
-            totals += np.array([float(v.asnumpy()) for v in self.step(images, labels, valid)])
+            *sums, logits = self.step(images, labels, valid)
+            totals += np.array([float(v.asnumpy()) for v in sums])
+            if keep_logits:
+                kept.append(logits.asnumpy()[valid.asnumpy() > 0])
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:
             logger.warning("validation: %d unreadable image(s) replaced, e.g. %s", len(source.failures),
                            source.failures[0])
         n = max(totals[3], 1.0)
-        return {"top1": float(totals[1] / n), "top5": float(totals[2] / n), "loss": float(totals[0] / n),
-                "num_images": int(totals[3]), "images_per_s": float(totals[3] / max(elapsed, 1e-9))}
+        result: Dict[str, object] = {
+            "top1": float(totals[1] / n), "top5": float(totals[2] / n), "loss": float(totals[0] / n),
+            "num_images": int(totals[3]), "images_per_s": float(totals[3] / max(elapsed, 1e-9))}
+        if keep_logits:
+            result["logits"] = np.concatenate(kept) if kept else np.zeros((0, 0), np.float32)
+        return result
 
 
 def copy_ema_into(state: Dict[str, object], network: nn.Cell) -> None:

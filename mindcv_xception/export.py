@@ -4,9 +4,12 @@
 
 The network is rebuilt from the checkpoint's metadata, loaded strictly (EMA weights when present),
 put in eval mode (BatchNorm moving statistics, no dropout) and kept in float32. Shapes are static
-(``--batch_size`` x 3 x ``--image_size`` x ``--image_size``); MindSpore writes ONNX opset 11 on CPU.
-The input takes images already preprocessed (``inference.preprocess``: [-1, 1], NCHW); the output
-is the logits.
+(``--batch_size`` x channels x ``image_size`` x ``image_size``); MindSpore writes ONNX opset 11 on CPU.
+
+Input contract: images already preprocessed as the checkpoint records (``preprocessing.preprocess``
+with the checkpoint's record: resize, center crop, ``(x - mean) / std``, NCHW float32; the size is
+the record's ``image_size`` unless ``--image_size`` is given). ``export.py`` prints the contract
+after the file name. The output is the logits.
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .cli import log_to_stderr
 from .fast import inference_network
-from .inference import load_for_inference
+from .inference import checkpoint_preprocessing, load_for_inference
 from .network import set_matmul_convs
 from .loading import CheckpointError
+from .preprocessing import Preprocessing
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
@@ -38,17 +43,17 @@ def build_export_network(ckpt_path: str, model: Optional[str] = None,
     return net, meta
 
 
-def export_checkpoint(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
-                      image_size: Optional[int] = None, batch_size: int = 1, model: Optional[str] = None,
-                      num_classes: Optional[int] = None) -> str:
-    """Export ``ckpt_path``; returns the written file (``output`` + .mindir / .onnx), written atomically."""
-    from .models import default_cfgs
-
+def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
+                 image_size: Optional[int] = None, batch_size: int = 1, model: Optional[str] = None,
+                 num_classes: Optional[int] = None) -> Tuple[str, Preprocessing]:
+    """Export ``ckpt_path``, written atomically; returns the file (``output`` + .mindir / .onnx) and the
+    preprocessing its input expects (the checkpoint's record, ``image_size`` overriding its size)."""
     file_format = file_format.upper()
     if file_format not in EXTENSIONS:
         raise ValueError(f"file_format must be one of {', '.join(EXTENSIONS)}, got {file_format}")
     net, meta = build_export_network(ckpt_path, model, num_classes)
-    size = image_size or int(default_cfgs.get(str(meta["model"]), {}).get("input_size", (3, 299, 299))[-1])
+    prep = checkpoint_preprocessing(meta, {"image_resize": image_size} if image_size else {}, ckpt_path)
+    size = prep.image_size
     base = output or os.path.splitext(ckpt_path)[0]
     if base.lower().endswith(EXTENSIONS[file_format]):
         base = base[: -len(EXTENSIONS[file_format])]
@@ -62,7 +67,14 @@ def export_checkpoint(ckpt_path: str, file_format: str = "MINDIR", output: Optio
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return target
+    return target, prep
+
+
+def export_checkpoint(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
+                      image_size: Optional[int] = None, batch_size: int = 1, model: Optional[str] = None,
+                      num_classes: Optional[int] = None) -> str:
+    """Export ``ckpt_path``; returns the written file (see ``export_model``)."""
+    return export_model(ckpt_path, file_format, output, image_size, batch_size, model, num_classes)[0]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -71,16 +83,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
     parser.add_argument("--output", default=None, help="output name without extension (default: next to the checkpoint)")
-    parser.add_argument("--image_size", type=int, default=None, help="static input size (default: the model's, 299)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="static input size (default: the checkpoint's recorded image_size)")
     parser.add_argument("--batch_size", type=int, default=1, help="static batch size")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
+    log_to_stderr()
     try:
-        path = export_checkpoint(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,
-                                 args.model, args.num_classes)
+        path, prep = export_model(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,
+                                  args.model, args.num_classes)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    print(f"input: {args.batch_size} x {prep.in_channels} x {prep.image_size} x {prep.image_size}, {prep.describe()}")
     return 0

@@ -1,20 +1,18 @@
-"""Inference with a checkpoint: the preprocessing that belongs to the weights, loading, top-k.
+"""Inference with a checkpoint: its recorded preprocessing, loading, top-k.
 
-Preprocessing (the ``xception`` metadata in ``models.default_cfgs``): RGB; resize the shorter side to
-``floor(image_size / crop_pct)`` with bicubic interpolation (299 / 0.8975 -> 333); center-crop
-``image_size``; scale ``x / 127.5 - 1`` to [-1, 1], which is what the Keras weights were trained on
-(``keras.applications.xception.preprocess_input``, "tf" mode). Keras publishes its 79.0% / 94.5%
-without a crop recipe; 0.8975 with bicubic is the evaluation recipe used for these same weights in
-timm's port (a 299 crop out of 333, i.e. the central ~90%, the usual ImageNet evaluation framing),
-so we follow it rather than squashing the whole photo to 299.
+Images are preprocessed as the checkpoint records (``preprocessing``: the very ops validation runs),
+with ``--image_size`` / ``--crop_pct`` / ``--interpolation`` / ``--mean`` / ``--std`` overriding the
+record. A checkpoint written before the record existed is preprocessed as infer.py always did: RGB,
+bicubic resize of the shorter side to ``floor(image_size / crop_pct)`` (its recorded ``image_resize``
+and ``crop_pct``, else the model's 299 and 0.8975), center crop, ``x / 127.5 - 1``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import mindspore as ms
@@ -24,43 +22,21 @@ from mindspore import nn
 from .fast import inference_network
 from .loading import (CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params,
                       read_checkpoint)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-DEFAULT_CROP_PCT = 0.8975
+from .preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, KERAS, Preprocessing, preprocess, resolve
 
 
 class ImageError(ValueError):
     """An image file that cannot be read."""
 
 
-def preprocess(image, image_size: int = 299, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
-    """A PIL image -> float32 (3, image_size, image_size) in [-1, 1]: RGB, bicubic resize of the
-    shorter side to ``floor(image_size / crop_pct)``, center crop, ``x / 127.5 - 1``."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    scale_size = math.floor(image_size / crop_pct)
-    width, height = image.size
-    if width <= height:
-        new_size = (scale_size, max(scale_size, round(height * scale_size / width)))
-    else:
-        new_size = (max(scale_size, round(width * scale_size / height)), scale_size)
-    image = image.resize(new_size, Image.BICUBIC)
-    left = (new_size[0] - image_size) // 2
-    top = (new_size[1] - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    x = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def load_image(path: str, image_size: int = 299, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
+def load_image(path: str, prep: Preprocessing = KERAS) -> np.ndarray:
     """Read and preprocess one image file; a missing or corrupt file is a one-line ``ImageError``."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-            return preprocess(image, image_size, crop_pct)
+            return preprocess(image, prep)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated / unknown files
@@ -140,30 +116,62 @@ def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> List[Dict[str,
     return [{"index": int(i), "name": names[i], "probability": float(probs[i])} for i in order]
 
 
-def classify(net: nn.Cell, paths: Sequence[str], names: Sequence[str], image_size: int = 299,
-             crop_pct: float = DEFAULT_CROP_PCT, k: int = 5) -> List[Dict[str, object]]:
+def legacy_preprocessing(meta: Dict[str, object]) -> Preprocessing:
+    """What infer.py did before checkpoints recorded their preprocessing (see the module docstring)."""
+    from .models import default_cfgs
+
+    cfg = default_cfgs.get(str(meta.get("model")), default_cfgs["xception"])
+    size = int(meta.get("image_resize") or cfg["input_size"][-1])
+    return replace(KERAS, image_size=size, crop_pct=float(meta.get("crop_pct") or cfg["crop_pct"]))
+
+
+def checkpoint_preprocessing(meta: Dict[str, object], overrides: Optional[Dict[str, object]] = None,
+                             source: str = "the checkpoint") -> Preprocessing:
+    """The checkpoint's recorded preprocessing (else ``legacy_preprocessing``), with ``overrides`` over it.
+
+    ``overrides``: recipe keys (``image_resize``, ``crop_pct``, ``interpolation``, ``mean``, ``std``) the
+    user gave; each is logged.
+    """
+    return resolve(meta, overrides or {}, legacy_preprocessing(meta), source,
+                   "infer.py's previous defaults")
+
+
+def image_logits(net: nn.Cell, paths: Sequence[str], prep: Preprocessing) -> np.ndarray:
+    """The network's logits (images x classes) for image files, one image at a time."""
+    rows = [net(ms.Tensor(load_image(path, prep)[None])).asnumpy()[0] for path in paths]
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def classify(net: nn.Cell, paths: Sequence[str], names: Sequence[str], prep: Preprocessing = KERAS,
+             k: int = 5) -> List[Dict[str, object]]:
     """Top-k predictions for each image file, one at a time."""
     results = []
-    for path in paths:
-        x = load_image(path, image_size, crop_pct)[None]
-        logits = net(ms.Tensor(x)).asnumpy()[0]
+    for path, logits in zip(paths, image_logits(net, paths, prep)):
         results.append({"image": path, "top": top_k(softmax(logits), names, k)})
     return results
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``: top-5 classes per image."""
-    from .models import default_cfgs
+    from .cli import log_to_stderr
 
     parser = argparse.ArgumentParser(prog="infer.py", description="Top-5 classes of images with an Xception checkpoint.")
     parser.add_argument("images", nargs="+", help="image files or directories")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say (default xception)")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--image_size", type=int, default=None, help="crop size (default: the model's, 299)")
+    override = "overrides the checkpoint's preprocessing record"
+    parser.add_argument("--image_size", type=int, default=None, help=f"crop size; {override}")
+    parser.add_argument("--crop_pct", type=float, default=None, help=f"resize the shorter side to image_size / crop_pct; {override}")
+    parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help=override)
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
+    parser.add_argument("--std", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
     args = parser.parse_args(argv)
+    log_to_stderr()
+    flags = {"image_resize": args.image_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
+             "mean": args.mean, "std": args.std}
     try:
         paths = collect_images(args.images)
         if not paths:
@@ -171,18 +179,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         net, meta = load_for_inference(args.ckpt_path, args.model, args.num_classes)
         if meta["num_classes"] == 0:
             raise CheckpointError(f"{args.ckpt_path} has no classifier (a feature extractor); it cannot classify")
-        cfg = default_cfgs.get(meta["model"], {})
-        # a training checkpoint records the input size and crop it was validated with
-        image_size = args.image_size or int(meta.get("image_resize") or cfg.get("input_size", (3, 299, 299))[-1])
-        crop_pct = float(meta.get("crop_pct") or cfg.get("crop_pct", DEFAULT_CROP_PCT))
+        prep = checkpoint_preprocessing(meta, {k: v for k, v in flags.items() if v is not None}, args.ckpt_path)
         names = class_names_for(meta, meta["num_classes"])
         net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
-        results = classify(net, paths, names, image_size, crop_pct, args.top_k)
+        results = classify(net, paths, names, prep, args.top_k)
     except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"], "results": results}, indent=1))
+        print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"], "preprocessing": prep.to_record(),
+                          "results": results}, indent=1))
     else:
         for result in results:
             print(result["image"])

@@ -23,6 +23,7 @@ from .config import Config, save_config
 from .distributed import Runtime, setup_runtime
 from .evaluation import Evaluator, copy_ema_into
 from .loading import CheckpointError, checkpoint_meta, load_state, load_weights, network_params, read_checkpoint
+from .preprocessing import PREPROCESSING_KEY, from_config as preprocessing_from_config
 
 logger = logging.getLogger("mindcv_xception")
 
@@ -290,7 +291,9 @@ def train(cfg: Config) -> Dict[str, object]:
         record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
         meta = {"model": cfg.model, "num_classes": num_classes, "class_names": train_folder.class_names,
                 "epoch": epoch + 1, "global_step": global_step, "epoch_size": cfg.epoch_size, "best_top1": best,
-                "config_digest": cfg.digest(), "image_resize": cfg.image_resize, "crop_pct": cfg.crop_pct, "in_channels": cfg.in_channels,
+                "config_digest": cfg.digest(), "in_channels": cfg.in_channels,
+                # the evaluation preprocessing validate.py / infer.py / export.py read back
+                PREPROCESSING_KEY: preprocessing_from_config(cfg).to_record(),
                 "middle_depth": cfg.middle_depth,
                 "ema": cfg.ema}
         if runtime.is_main:

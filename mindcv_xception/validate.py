@@ -1,7 +1,9 @@
 """``validate.py``: top-1 / top-5 / loss of a checkpoint on a folder of labelled images.
 
 Takes training checkpoints (EMA weights when present, unless use_ema_weights is false), converted
-Keras checkpoints and MindCV checkpoints. Under msrun every image is counted exactly once.
+Keras checkpoints and MindCV checkpoints. Images are preprocessed as the checkpoint records
+(``preprocessing``); flags given on the command line override the record and are logged. Under msrun
+every image is counted exactly once.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from .evaluation import Evaluator
 from .fast import inference_network
 from .loading import (META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params,
                       read_checkpoint)
+from .preprocessing import CONFIG_KEYS, PREPROCESSING_KEY, Preprocessing, from_config, resolve
 
 logger = logging.getLogger(__name__)
 VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text")]
@@ -33,8 +36,31 @@ def _settings_from_checkpoint(cfg: Config, meta: Dict[str, object], params) -> N
         cfg["num_classes"] = classifier_classes(params)
 
 
-def validate(cfg: Config) -> Dict[str, float]:
-    """Evaluate ``cfg.ckpt_path`` on the validation images of ``cfg.data_dir``."""
+def checkpoint_preprocessing(cfg: Config, meta: Dict[str, object]) -> Preprocessing:
+    """The preprocessing the checkpoint records, with the command line's flags over it.
+
+    A checkpoint without a record (written before it was recorded) is validated as before: with the
+    recipe's settings and flags. Recipe values never override a record, only explicit flags do.
+    """
+    explicit = getattr(cfg, "explicit", set())
+    overrides = {key: cfg[key] for key in CONFIG_KEYS if key in explicit}
+    recipe = from_config(cfg)
+    prep = resolve(meta, overrides, recipe, cfg.ckpt_path, "the recipe's settings and flags")
+    if PREPROCESSING_KEY in meta and cfg.get("config"):
+        ignored = [key for key in CONFIG_KEYS
+                   if key not in explicit and getattr(prep, CONFIG_KEYS[key]) != getattr(recipe, CONFIG_KEYS[key])]
+        if ignored:
+            logger.info("The recipe's %s not used: %s records its preprocessing (flags override it)",
+                        ", ".join(ignored) + (" is" if len(ignored) == 1 else " are"), cfg.ckpt_path)
+    return prep
+
+
+def validate(cfg: Config, keep_logits: bool = False) -> Dict[str, object]:
+    """Evaluate ``cfg.ckpt_path`` on the validation images of ``cfg.data_dir``.
+
+    The images are preprocessed as the checkpoint records (``checkpoint_preprocessing``).
+    ``keep_logits`` adds ``logits`` (images x classes, in the folder's order on a single process).
+    """
     from mindcv.models import create_model
 
     runtime = setup_runtime(cfg.mode, cfg.device_target, cfg.jit_level, cfg.distribute, cfg.seed)
@@ -59,18 +85,19 @@ def validate(cfg: Config) -> Dict[str, float]:
         from .training_step import apply_amp
 
         apply_amp(net, cfg.val_amp_level)
-    result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg)
+    prep = checkpoint_preprocessing(cfg, meta)
+    result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg, prep, keep_logits)
     result["rank"] = runtime.rank
     return result
 
 
 def _to_our_names(params):
-    """MindCV's own xception checkpoints use other names and BatchNorm eps 1e-5: map them."""
-    from .convert import MINDCV_BN_EPS, is_mindcv_checkpoint, mindcv_params_to_ours
+    """MindCV's own xception checkpoints use other names, BatchNorm eps 1e-5 and MindCV's recipe: map them."""
+    from .convert import is_mindcv_checkpoint, mindcv_meta, mindcv_params_to_ours
 
     if not is_mindcv_checkpoint(params):
         return params
-    meta = {"model": "xception", "num_classes": classifier_classes(params), "bn_eps": MINDCV_BN_EPS}
+    meta = mindcv_meta(classifier_classes(params), "mindcv checkpoint")
     return {**mindcv_params_to_ours(params), META_KEY: json.dumps(meta)}
 
 
@@ -78,9 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line of validate.py."""
     import mindcv_xception  # noqa: F401  (registers the models)
 
-    from .cli import run_cli
+    from .cli import log_to_stderr, run_cli
 
     def run() -> int:
+        log_to_stderr()
         cfg = parse_config(argv, "Validate an Xception checkpoint: acc@top1, acc@top5, loss.", VALIDATE_OPTIONS)
         result = validate(cfg)
         if result["rank"] != 0:

@@ -94,14 +94,16 @@ def keras_reference(tmp_path_factory):
     import subprocess
     import sys
 
-    from mindcv_xception.inference import preprocess
+    from dataclasses import replace
+
+    from mindcv_xception.preprocessing import KERAS, preprocess
 
     out = tmp_path_factory.mktemp("keras")
     photos = sample_photos()
     np.savez(out / "inputs.npz",
-             x299=np.stack([preprocess(p, 299) for p in photos[:2]]),
-             x224=np.stack([preprocess(p, 224) for p in photos[1:]]),
-             x96=np.stack([preprocess(p, 96) for p in photos[:2]]))
+             x299=np.stack([preprocess(p, KERAS) for p in photos[:2]]),
+             x224=np.stack([preprocess(p, replace(KERAS, image_size=224)) for p in photos[1:]]),
+             x96=np.stack([preprocess(p, replace(KERAS, image_size=96)) for p in photos[:2]]))
     script = os.path.join(os.path.dirname(__file__), "keras_reference.py")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, script, str(out)], env=env, capture_output=True, text=True)

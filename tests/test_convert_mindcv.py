@@ -45,6 +45,16 @@ def test_converted_mindcv_checkpoint_records_their_bn_eps(mindcv_checkpoint, tmp
     assert meta["source"] == "mindcv:mindcv_xception.ckpt"
 
 
+def test_converted_mindcv_checkpoint_records_the_mindcv_recipes_preprocessing(mindcv_checkpoint, tmp_path):
+    # MindCV 0.3.0's configs/xception/xception_ascend.yaml: 299, crop_pct 0.875, bilinear, ImageNet mean / std
+    dst = str(tmp_path / "ours.ckpt")
+    convert_mindcv(mindcv_checkpoint[1], dst)
+    record = checkpoint_meta(read_checkpoint(dst))["preprocessing"]
+    assert record["image_size"] == 299 and record["crop_pct"] == 0.875 and record["interpolation"] == "bilinear"
+    assert record["mean"] == pytest.approx([123.675, 116.28, 103.53])
+    assert record["std"] == pytest.approx([58.395, 57.12, 57.375]) and record["channel_order"] == "RGB"
+
+
 def test_our_own_checkpoint_is_refused_as_mindcv_source(tmp_path, capsys):
     from mindcv.models import create_model
 

@@ -47,7 +47,11 @@ def test_cli_writes_only_the_model_file(checkpoint, tmp_path, capsys):
     out.mkdir()
     assert main(["--ckpt_path", checkpoint, "--file_format", "mindir", "--output", str(out / "net"), "--image_size", "71"]) == 0
     assert os.listdir(out) == ["net.mindir"]
-    assert capsys.readouterr().out.strip() == f"wrote {out / 'net.mindir'}"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"wrote {out / 'net.mindir'}"
+    # the input contract: a checkpoint without a preprocessing record keeps infer.py's previous one
+    assert lines[1].startswith("input: 1 x 3 x 71 x 71, RGB, shorter side resized to 79 (bicubic)")
+    assert "mean [127.5, 127.5, 127.5], std [127.5, 127.5, 127.5]" in lines[1]
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):

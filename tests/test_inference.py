@@ -1,5 +1,6 @@
 """Preprocessing that belongs to the weights, and infer.py's top-5 output."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ from PIL import Image
 
 from conftest import sample_photos
 from helpers_ckpt import save_small, small_net
-from mindcv_xception.inference import imagenet_class_names, load_for_inference, main, preprocess
+from mindcv_xception.inference import collect_images, imagenet_class_names, load_for_inference, main
+from mindcv_xception.preprocessing import KERAS, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -25,28 +27,34 @@ def _run(capsys, *argv):
 
 
 def test_preprocess_gives_chw_float32_in_minus_one_to_one():
-    x = preprocess(sample_photos()[1], 299)
+    x = preprocess(sample_photos()[1], KERAS)
     assert x.shape == (3, 299, 299) and x.dtype == np.float32
     assert -1.0 <= x.min() < 0 < x.max() <= 1.0
 
 
 def test_preprocess_scales_0_to_minus_1_and_255_to_1():
-    assert np.all(preprocess(Image.new("RGB", (400, 300), (0, 0, 0)), 299) == -1.0)
-    assert np.all(preprocess(Image.new("RGB", (400, 300), (255, 255, 255)), 299) == 1.0)
+    assert np.all(preprocess(Image.new("RGB", (400, 300), (0, 0, 0)), KERAS) == -1.0)
+    assert np.all(preprocess(Image.new("RGB", (400, 300), (255, 255, 255)), KERAS) == 1.0)
 
 
 def test_preprocess_resizes_the_shorter_side_to_333_and_crops_the_central_299():
     # a white 299 x 299 square in the middle of a black 500 x 333 image: exactly what the crop keeps
     image = Image.new("RGB", (500, 333), (0, 0, 0))
     image.paste((255, 255, 255), (100, 17, 399, 316))
-    x = preprocess(image, 299)
+    x = preprocess(image, KERAS)
     assert np.all(x == 1.0)
 
 
 def test_preprocess_turns_grayscale_into_rgb():
-    x = preprocess(sample_photos()[0].convert("L"), 96)
+    x = preprocess(sample_photos()[0].convert("L"), replace(KERAS, image_size=96))
     assert x.shape == (3, 96, 96)
     np.testing.assert_array_equal(x[0], x[1])
+
+
+def test_directories_are_searched_for_every_image_type_training_reads(tmp_path):
+    for name in ("a.ppm", "b.pgm", "c.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.rsplit("/", 1)[1] for p in collect_images([str(tmp_path)])] == ["a.ppm", "b.pgm", "c.png"]
 
 
 def test_imagenet_class_names_come_from_the_package_in_label_order():

@@ -75,7 +75,9 @@ def test_reference_outputs_would_expose_a_wrong_bn_eps(keras_reference, tmp_path
 
 def test_converted_checkpoint_carries_the_metadata_record(official):
     meta = checkpoint_meta(read_checkpoint(official))
-    assert meta == {"model": "xception", "num_classes": 1000, "class_names": None, "source": "keras:official.h5"}
+    assert meta == {"model": "xception", "num_classes": 1000, "class_names": None, "source": "keras:official.h5",
+                    "preprocessing": {"image_size": 299, "crop_pct": 0.8975, "interpolation": "bicubic",
+                                      "mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB"}}
 
 
 @pytest.mark.parametrize("resave", ["resave.weights.h5", "resave.h5"])
