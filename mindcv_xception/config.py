@@ -43,8 +43,9 @@ OPTIONS: List[Option] = [
     O("seed", "int", 42, "seed of weights, data order and augmentation (the same on every rank)"),
     O("num_parallel_workers", "int", 2, "data-loading threads per process"),
     # data
-    O("dataset", "str", "imagefolder", "imagefolder: data_dir/<class>/*, or data_dir/{train,val}/<class>/*",
-      ("imagefolder", "imagenet")),
+    O("dataset", "str", "imagefolder", "imagefolder or imagenet: data_dir/<class>/*, or data_dir/{train,val}/<class>/*; "
+      "cifar10, cifar100, mnist: their publishers' files in data_dir", ("imagefolder", "imagenet", "cifar10",
+                                                                         "cifar100", "mnist")),
     O("data_dir", "str", "", "the image folder"),
     O("train_split", "str", "train", "sub-folder of data_dir for training (if it exists)"),
     O("val_split", "str", "val", "sub-folder of data_dir for validation (if it exists)"),
@@ -294,7 +295,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     values = {name: o.default for name, o in options.items()}
     notes: List[str] = []
     recipe = translate(load_recipe(args.config), args.config, notes) if args.config else {}
-    flags = {name: check_value(_option(name, "the command line"), value, "the command line")
+    flags = {name: check_value(options.get(name) or _option(name, "the command line"), value, "the command line")
              for name, value in vars(args).items() if name != "config"}
     flags = translate(flags, "the command line", notes)
     if args.config and "lr_base_batch_size" not in recipe:

@@ -195,7 +195,9 @@ def train(cfg: Config) -> Dict[str, object]:
         raise ValueError("pretrained and ckpt_path both name starting weights; give one of them")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and (not cfg.drop_remainder or cfg.batch_size % 2):
         raise ValueError("mixup/cutmix need an even batch_size and drop_remainder: true")
-    train_folder, val_folder = data_mod.find_splits(cfg.data_dir, cfg.train_split, cfg.val_split,
+    from .standard_datasets import data_root
+
+    train_folder, val_folder = data_mod.find_splits(data_root(cfg), cfg.train_split, cfg.val_split,
                                                     cfg.val_fraction, cfg.seed)
     num_classes = cfg.num_classes or len(train_folder.class_names)
     if num_classes != len(train_folder.class_names):

@@ -72,7 +72,9 @@ def validate(cfg: Config, keep_logits: bool = False) -> Dict[str, object]:
     params = _to_our_names(params)
     meta = checkpoint_meta(params)
     _settings_from_checkpoint(cfg, meta, params)
-    folder = find_val_split(cfg.data_dir, cfg.val_split, meta.get("class_names"), cfg.val_fraction, cfg.seed)
+    from .standard_datasets import data_root
+
+    folder = find_val_split(data_root(cfg), cfg.val_split, meta.get("class_names"), cfg.val_fraction, cfg.seed)
     if cfg.num_classes != len(folder.class_names) and not (cfg.num_classes == 1000 and not meta.get("class_names")):
         raise ConfigError(f"the checkpoint has {cfg.num_classes} classes but {folder.root} has "
                           f"{len(folder.class_names)} class folders; validate on the data it was trained for")
