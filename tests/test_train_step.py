@@ -4,6 +4,8 @@ clipping works, and mixed precision keeps a float32 loss, float32 BatchNorm and 
 The loss-scale tests use a tiny conv net (the composition of optimizer and train step is what they
 check); the mixed-precision tests use a narrow Xception, whose CPU kernels have their own backward.
 """
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -153,7 +155,8 @@ def xception_batch(n: int = 8, seed: int = 0):
 
 
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
-def test_mixed_precision_trains_with_a_float32_loss_and_float32_weights(level):
+def test_mixed_precision_trains_with_a_float32_loss_and_float32_weights(level, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MindSpore's O1 rewrite used to leave rewritten_network/ here
     net = apply_amp(tiny_xception(), level)
     cfg = config("--amp_level", level, "--loss_scale", "1024", "--opt", "adamw", "--lr", "0.01",
                  "--weight_decay", "0")
@@ -166,6 +169,7 @@ def test_mixed_precision_trains_with_a_float32_loss_and_float32_weights(level):
     assert np.isfinite(values).all()
     assert values[-1] < 0.5 * values[0]  # memorises the batch (lr / 1024 would not move it)
     assert {p.dtype for p in net.get_parameters()} == {ms.float32}
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("level", ["O0", "O1", "O2"])
