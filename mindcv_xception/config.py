@@ -305,7 +305,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
         notes.append(f"{args.config} does not state lr_base_batch_size: read as a MindCV recipe, its unset keys "
                      f"take mindcv 0.3.0's defaults ({', '.join(sorted(defaults))}) and its lr is taken as tuned "
                      f"for {MINDCV_CARDS} cards x batch_size")
-        values["lr_base_batch_size"] = MINDCV_CARDS * {**values, **recipe, **flags}["batch_size"]
+        values["lr_base_batch_size"] = MINDCV_CARDS * {**values, **recipe}["batch_size"]  # the batch it was tuned at
     values.update(recipe)
     values.update(flags)
     cfg = Config(values)

@@ -97,6 +97,7 @@ def test_mindcv_recipe_takes_mindcv_defaults_for_what_it_leaves_out(mindcv_recip
     assert cfg.image_resize == 299 and cfg.crop_pct == 0.875 and cfg.interpolation == "bilinear"  # stated
     assert cfg.weight_decay_filter == "norm_and_bias" and cfg.label_smoothing == 0.1  # old names
     assert cfg.lr_base_batch_size == 8 * 32  # its lr is for MindCV's 8 cards
+    assert parse_config(["--config", mindcv_recipe, "--batch_size", "8"]).lr_base_batch_size == 8 * 32
     assert any("read as a MindCV recipe" in note for note in cfg.notes)
 
 
