@@ -427,9 +427,8 @@ def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", wor
     cfg = _pipeline_cfg(data_dir, workers, batch)
     train_dir = os.path.join(data_dir, "train")
     scan = {}
-    index = getattr(data, "scan_index_path", None)
-    if index is not None and os.path.exists(index(train_dir)):
-        os.remove(index(train_dir))  # the first scan opens every image
+    if os.path.exists(data.scan_index_path(train_dir)):
+        os.remove(data.scan_index_path(train_dir))  # the first scan opens every image
     for label in ("first", "again"):
         start = time.perf_counter()
         folder = data.scan_image_folder(train_dir)
