@@ -175,9 +175,16 @@ def predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, backend: str = 
     if chosen == "onnxruntime":
         import onnxruntime
 
-        result = onnx_predictor(net, ckpt_path, prep, batch_size, extra_key)
-        logger.info("Inference backend: ONNX Runtime %s (CPU), %s", onnxruntime.__version__, result.path)
-        return result
+        try:
+            result = onnx_predictor(net, ckpt_path, prep, batch_size, extra_key)
+        except OSError as exc:  # e.g. no writable cache folder
+            if backend != "auto":
+                raise BackendError(f"cannot keep the ONNX export in {onnx_cache_dir()} ({exc}); set "
+                                   f"MINDCV_XCEPTION_CACHE to a writable folder or use --backend mindspore") from None
+            logger.warning("ONNX Runtime not used: cannot keep the export in %s (%s)", onnx_cache_dir(), exc)
+        else:
+            logger.info("Inference backend: ONNX Runtime %s (CPU), %s", onnxruntime.__version__, result.path)
+            return result
     from .fast import inference_network
 
     logger.info("Inference backend: MindSpore %s (%s)%s", ms.__version__, ms.get_context("device_target"),

@@ -126,10 +126,10 @@ def unreadable_files(root: str, files: Sequence[str]) -> List[str]:
     known = _read_index(path, key)
     if known is not None:
         return known
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     lock, waited = path + ".lock", False
     while True:
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
@@ -148,6 +148,10 @@ def unreadable_files(root: str, files: Sequence[str]) -> List[str]:
                 logger.info("waiting for another process's scan of %s (%s)", root, lock)
                 waited = True
             time.sleep(0.2)
+        except OSError as exc:  # no writable cache: scan without keeping the result
+            logger.warning("cannot keep the scan of %s in %s (%s); set MINDCV_XCEPTION_CACHE to a writable folder",
+                           root, os.path.dirname(path), exc)
+            return [rel for rel in files if not _readable(os.path.join(root, rel))]
     try:
         known = _read_index(path, key)  # written while this process waited for the lock
         if known is not None:

@@ -113,3 +113,15 @@ def test_infer_names_its_backend_and_both_give_the_same_probabilities(small, pho
     keys = list(probs["mindspore"])
     np.testing.assert_allclose([probs["onnxruntime"][k] for k in keys], [probs["mindspore"][k] for k in keys],
                                atol=1e-5)
+
+
+def test_auto_runs_mindspore_when_the_export_cannot_be_kept(small, tmp_path, monkeypatch):
+    from mindcv_xception.backends import MindSporePredictor
+    from mindcv_xception.weights import CACHE_ENV
+
+    ckpt, net, prep = small
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))  # a path under a file: never writable
+    assert isinstance(predictor(net, ckpt, prep, "auto"), MindSporePredictor)
+    with pytest.raises(BackendError, match="MINDCV_XCEPTION_CACHE"):
+        predictor(net, ckpt, prep, "onnxruntime")

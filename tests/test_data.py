@@ -197,3 +197,12 @@ def test_a_stale_scan_lock_is_taken_over(tmp_path, opened):
     old = os.stat(lock).st_mtime - SCAN_LOCK_STALE_S - 1
     os.utime(lock, (old, old))  # a rank that died while scanning
     assert len(scan_image_folder(str(tmp_path))) == 3 and len(opened) == 3 and not os.path.exists(lock)
+
+
+def test_without_a_writable_cache_the_folder_is_still_scanned(tmp_path, monkeypatch, opened):
+    from mindcv_xception.weights import CACHE_ENV
+
+    make_folder(str(tmp_path / "data"), ["a"])
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))  # a path under a file: never writable
+    assert len(scan_image_folder(str(tmp_path / "data"))) == 3 and len(opened) == 3
