@@ -88,23 +88,10 @@ def onnx_cache_path(ckpt_path: str, net: nn.Cell, prep: Preprocessing, batch_siz
 
 def export_onnx(net: nn.Cell, path: str, image_size: int, batch_size: int) -> None:
     """Write ``net`` (a loaded, unfolded Xception) as ONNX to ``path`` atomically, as ``export.py`` does."""
-    from .fast import inference_network
-    from .network import set_matmul_convs
+    from .export import exportable_network, write_model
 
-    fast = inference_network(net)
-    set_matmul_convs(fast, False)  # ONNX has no Im2Col; ONNX Runtime runs native convs best
-    fast.to_float(ms.float32)
-    fast.set_train(False)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp_base = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    dummy = ms.Tensor(np.zeros((batch_size, fast.in_channels, image_size, image_size), np.float32))
-    try:
-        ms.export(fast, dummy, file_name=tmp_base, file_format="ONNX")
-        os.replace(tmp_base + ".onnx", path)
-    finally:
-        if os.path.exists(tmp_base + ".onnx"):
-            os.remove(tmp_base + ".onnx")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_model(exportable_network(net), path, "ONNX", image_size, batch_size)
 
 
 class OnnxPredictor:
