@@ -516,6 +516,10 @@ def main() -> None:
         parse_case(case)
     networks = available_networks(cases, args.networks) + (EXTRA if args.extra else ())
     report: Dict = {"environment": environment()}
+    env = report["environment"]
+    print(f"{env['cpu']}; vector extensions: {' '.join(env['cpu_vector_extensions']) or 'none'}; "
+          f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
+          f"timing {', '.join(networks)}", file=sys.stderr, flush=True)
     if not args.no_speed:
         report.update(run_speed(cases, args.rounds, networks))
     memory_networks = [n for n in networks if n in NETWORKS + ("torch",)]
