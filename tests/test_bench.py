@@ -49,3 +49,33 @@ def test_imagenet_like_folder_is_500_by_375_jpegs_in_class_folders_and_reproduci
             assert image.format == "JPEG" and sorted(image.size) == [375, 500]
         twin = tmp_path / "b" / path.relative_to(tmp_path / "a")
         assert twin.read_bytes() == path.read_bytes()
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_path):
+    import json
+
+    from conftest import run_script
+
+    pytest.importorskip("onnxruntime")
+    networks = "onnxruntime,torch" if _installed("torch") else "onnxruntime"
+    code, out, err = run_script(["benchmarks/bench.py", "--cases", "infer_71_b1", "--rounds", "1", "--networks", networks,
+                                 "--pipeline", "--pipeline-images", "64", "--pipeline-batches", "1",
+                                 "--pipeline-dir", str(tmp_path / "jpegs"), "--json"], timeout=600)
+    assert code == 0, err[-2000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    env = report["environment"]
+    assert {"cpu", "cpu_vector_extensions", "avx2", "avx512", "torch", "onnxruntime", "mindspore"} <= env.keys()
+    case = report["cases"]["infer_71_b1"]
+    assert all(case[f"{n}_img_s"] > 0 for n in networks.split(","))
+    pipeline = report["pipeline"]
+    assert pipeline["images"] == 64 and pipeline["ours_img_s"] > 0 and pipeline["mindcv_img_s"] > 0
+    assert {"first_ms_per_image", "again_ms_per_image"} <= pipeline["scan"].keys()
+
+
+def _installed(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
