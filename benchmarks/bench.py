@@ -1,6 +1,12 @@
-"""Speed and memory of our Xception against mindcv 0.3.0's built-in one, in one process.
+"""Speed and memory of our Xception against mindcv 0.3.0's, PyTorch and ONNX Runtime, in one process.
 
-Every round times one step of every (case, network) pair in turn, so both networks see the same
+Networks: ``ours`` and ``mindcv`` (MindSpore, graph mode); ``torch`` and ``torch_cl`` (the same
+Xception in plain PyTorch, ``benchmarks/torch_xception.py``, eager, fp32, default threads; ``_cl``:
+channels_last), when torch is installed; ``onnxruntime`` (inference only: our model exported to
+ONNX as ``export.py`` does, run by ONNX Runtime with its defaults), when onnxruntime is installed.
+Frameworks that are not installed are skipped (their columns are left out).
+
+Every round times one step of every (case, network) pair in turn, so all networks see the same
 machine load; a case's figure is the median over the rounds after a warm-up step (the warm-up,
 which compiles the graph, is reported separately as compile time). A matrix-multiply ceiling is
 timed in the same rounds. Ours runs as used: ``inference_network`` (BatchNorm folded) for
@@ -9,12 +15,20 @@ inference, the plain network for training.
     python benchmarks/bench.py                       # all cases, 5 rounds
     python benchmarks/bench.py --cases infer_299_b2 --rounds 3
     python benchmarks/bench.py --memory --memory-batches 8,16,32 --json
+    python benchmarks/bench.py --no-speed --pipeline            # input pipelines and the start-up scan
+    python benchmarks/bench.py --cases infer_71_b2,train_71_b2 --rounds 1 --networks ours,torch,onnxruntime  # smoke
 
 Case names are ``infer_<size>_b<batch>`` or ``train_<size>_b<batch>``; a training step is
 forward, backward and an SGD-momentum update (cross-entropy loss, dropout 0.5 in both networks).
 Peak memory (``--memory``) is the peak resident set size (VmHWM) of a child process that builds
 the network and runs one step of one case, so each figure is one network and one case alone,
-MindSpore's own runtime (about half a GB) included.
+MindSpore's own runtime (about half a GB) included (for ``torch``, PyTorch's).
+
+``--pipeline`` times the training input pipeline on a folder of ImageNet-like JPEGs (500 x 375,
+quality 90; ``benchmarks/imagenet_like.py``) with the Ascend recipe's augmentation (random-resized
+crop 299, flip, AutoAugment, random erasing 0.25), batch 32, 2 workers: ours (``data.train_dataset``)
+against mindcv's ``create_dataset`` + ``create_transforms`` + ``create_loader``, rounds interleaved;
+and the start-up scan of the folder (``data.scan_image_folder``), first and from its index.
 """
 from __future__ import annotations
 
@@ -33,6 +47,10 @@ import numpy as np
 
 DEFAULT_CASES = "infer_299_b8,infer_299_b32,train_299_b8,train_96_b32"
 NETWORKS = ("ours", "mindcv")
+ANCHORS = ("torch", "torch_cl", "onnxruntime")  # timed when installed; onnxruntime for inference only
+TORCH_PARAMS = 22_910_480  # Keras-style count (with BatchNorm moving statistics) at 1000 classes
+ASCEND_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "xception",
+                             "xception_ascend.yaml")
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
 # shortcut convs still as matmuls; and, for inference, without BatchNorm folding.
@@ -71,8 +89,92 @@ def build(network: str, kind: str):
     return net
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` imports."""
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def available_networks(cases: List[str], requested: str = "") -> Tuple[str, ...]:
+    """The networks to time: ``requested`` (comma-separated) or all, less frameworks not installed."""
+    names = [n for n in requested.split(",") if n] or list(NETWORKS + ANCHORS)
+    unknown = set(names) - set(NETWORKS + ANCHORS + EXTRA)
+    if unknown:
+        raise SystemExit(f"unknown network(s) {sorted(unknown)}: choose from {', '.join(NETWORKS + ANCHORS + EXTRA)}")
+    missing = {"torch": "torch", "torch_cl": "torch", "onnxruntime": "onnxruntime"}
+    return tuple(n for n in names if n not in missing or installed(missing[n]))
+
+
+def applies(network: str, case: str) -> bool:
+    """ONNX Runtime runs inference cases only."""
+    return network != "onnxruntime" or case.startswith("infer")
+
+
+def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
+    """One eager PyTorch step of ``case`` on the same Xception (fp32, default threads)."""
+    import torch
+
+    from torch_xception import TorchXception, keras_style_count
+
+    kind, size, batch = parse_case(case)
+    torch.manual_seed(0)
+    net = TorchXception(drop_rate=0.5)
+    count = keras_style_count(net)
+    if count != TORCH_PARAMS:
+        raise SystemExit(f"the PyTorch Xception has {count:,} parameters, not {TORCH_PARAMS:,}")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if kind == "infer":
+        net.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                net(x).numpy()
+        return infer
+    labels = torch.from_numpy(rng.integers(0, 1000, batch).astype(np.int64))
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), labels)
+        loss.backward()
+        opt.step()
+        loss.item()
+    return train
+
+
+def onnxruntime_step(case: str) -> Callable[[], None]:
+    """Inference of our Xception exported to ONNX (BatchNorm folded, native convs), ONNX Runtime's defaults."""
+    import tempfile
+
+    import onnxruntime
+    from mindcv_xception import Xception
+    from mindcv_xception.backends import export_onnx
+
+    _, size, batch = parse_case(case)
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as folder:  # the session keeps the model in memory
+        path = os.path.join(folder, f"xception_{size}_b{batch}.onnx")
+        export_onnx(Xception(drop_rate=0.5), path, size, batch)
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+    return lambda: session.run(None, {name: x})
+
+
 def make_step(network: str, case: str) -> Callable[[], None]:
     """A function running one synchronised step of ``case`` on ``network``."""
+    if network in ("torch", "torch_cl"):  # MindSpore is not imported (its runtime would count in torch's memory)
+        return torch_step(case, network == "torch_cl")
+    if network == "onnxruntime":
+        return onnxruntime_step(case)
     import mindspore as ms
     from mindspore import nn
 
@@ -144,12 +246,13 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORKS) -> Dict:
-    """Interleaved timing of every case on both networks plus the matmul ceiling."""
+    """Interleaved timing of every case on every network plus the matmul ceiling."""
     steps, compile_s = {}, {}
     for case in cases:
         for network in networks:
-            steps[case, network] = make_step(network, case)
-            compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
+            if applies(network, case):
+                steps[case, network] = make_step(network, case)
+                compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
     mm, mm_flops = matmul_step()
     mm()
     times = {key: [] for key in steps}
@@ -161,26 +264,38 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c}/{n} {times[c, n][-1]:.2f}s" for c, n in steps),
               file=sys.stderr, flush=True)
     ceiling = mm_flops / float(np.median(mm_times))
-    macs = {size: {net: multiply_adds(net, size) for net in NETWORKS}
-            for size in sorted({parse_case(c)[1] for c in cases})}
+    sizes = sorted({parse_case(c)[1] for c in cases})
+    # the anchors compute our network's multiply-adds: "ours" is always counted
+    macs = {size: {net: multiply_adds(net, size) for net in NETWORKS if net == "ours" or net in networks}
+            for size in sizes}
     results = {}
     for case in cases:
-        _, size, batch = parse_case(case)
-        ours, theirs = (batch / float(np.median(times[case, n])) for n in NETWORKS)
-        results[case] = {
-            "ours_img_s": round(ours, 3), "mindcv_img_s": round(theirs, 3), "ratio": round(ours / theirs, 3),
-            "ours_spread": [round(batch / t, 3) for t in (max(times[case, "ours"]), min(times[case, "ours"]))],
-            "mindcv_spread": [round(batch / t, 3) for t in (max(times[case, "mindcv"]),
-                                                            min(times[case, "mindcv"]))],
-            "macs_per_image_G": round(macs[size]["ours"] / 1e9, 3),
-        }
-        for extra in networks[len(NETWORKS):]:
-            img_s = batch / float(np.median(times[case, extra]))
-            results[case][f"{extra}_img_s"] = round(img_s, 3)
-            results[case][f"{extra}_ratio"] = round(img_s / theirs, 3)
-        if case.startswith("infer"):  # training costs about 3x the forward flops: share not shown
-            results[case]["ours_share_of_matmul_ceiling"] = round(2 * macs[size]["ours"] * ours / ceiling, 3)
+        kind, size, batch = parse_case(case)
+        macs_ours = macs[size]["ours"]
+        img_s = {n: batch / float(np.median(times[c, n])) for c, n in steps if c == case}
+        r: Dict = {"macs_per_image_G": round(macs_ours / 1e9, 3)}
+        for n, v in img_s.items():
+            r[f"{n}_img_s"] = round(v, 3)
+            r[f"{n}_spread"] = [round(batch / t, 3) for t in (max(times[case, n]), min(times[case, n]))]
+            # training costs about 3x the forward's flops, so only inference gets a share of the ceiling
+            if kind == "infer" and n not in ("mindcv",):
+                r[f"{n}_share_of_matmul_ceiling"] = round(2 * macs_ours * v / ceiling, 3)
+        if "ours" in img_s and "mindcv" in img_s:
+            r["ratio"] = round(img_s["ours"] / img_s["mindcv"], 3)
+            for extra in EXTRA:
+                if extra in img_s:
+                    r[f"{extra}_ratio"] = round(img_s[extra] / img_s["mindcv"], 3)
+        torch_runs = {n: img_s[n] for n in ("torch", "torch_cl") if n in img_s}
+        if torch_runs:
+            best = max(torch_runs, key=torch_runs.get)
+            r["torch_best"] = best  # channels_last reported when it is the faster layout
+            if "ours" in img_s:
+                r["ours_vs_torch"] = round(img_s["ours"] / torch_runs[best], 3)
+        if "onnxruntime" in img_s and "ours" in img_s:
+            r["ours_vs_onnxruntime"] = round(img_s["ours"] / img_s["onnxruntime"], 3)
+        results[case] = r
     return {"cases": results, "compile_s": compile_s, "matmul_ceiling_gflop_s": round(ceiling / 1e9, 1),
+            "networks": [n for n in networks], "rounds": rounds,
             "macs_per_image_G": {str(s): {n: round(v / 1e9, 3) for n, v in m.items()} for s, m in macs.items()}}
 
 
@@ -209,9 +324,11 @@ def peak_rss_mib() -> float:
 
 
 def child_main(case: str, network: str) -> None:
-    import mindspore as ms
+    """Peak RSS of one step of ``case`` on ``network`` in this (fresh) process, as one JSON line."""
+    if not network.startswith("torch"):
+        import mindspore as ms
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+        ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     step = make_step(network, case)
     built = peak_rss_mib()
     step()  # the first step allocates what every later step reuses
@@ -219,31 +336,139 @@ def child_main(case: str, network: str) -> None:
     print(json.dumps({"built_mib": round(built), "peak_mib": round(peak)}), flush=True)
 
 
-def environment() -> Dict[str, str]:
+def cpu_info() -> Dict[str, object]:
+    """The CPU model, logical CPUs and its vector extensions (AVX2, AVX-512 subsets, AMX) from /proc/cpuinfo."""
+    model, flags, count = "?", set(), 0
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model, count = value.strip(), count + 1
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    vector = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                          "amx_tile", "amx_bf16") if f in flags]
+    return {"model": model, "logical_cpus": count or os.cpu_count(), "vector_extensions": vector,
+            "avx2": "avx2" in flags, "avx512": "avx512f" in flags}
+
+
+def environment() -> Dict[str, object]:
     import mindcv
     import mindspore as ms
 
-    cpu = "?"
-    if os.path.exists("/proc/cpuinfo"):
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = f"{names[0]} x{len(names)}" if names else "?"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "mindspore": ms.__version__, "mindcv": mindcv.__version__, "numpy": np.__version__,
+    def version(module: str) -> str:
+        try:
+            return __import__(module).__version__
+        except ImportError:
+            return "not installed"
+
+    cpu = cpu_info()
+    return {"cpu": f"{cpu['model']} x{cpu['logical_cpus']}", "cpu_vector_extensions": cpu["vector_extensions"],
+            "avx2": cpu["avx2"], "avx512": cpu["avx512"], "cores": str(os.cpu_count()),
+            "python": platform.python_version(), "mindspore": ms.__version__, "mindcv": mindcv.__version__,
+            "numpy": np.__version__, "torch": version("torch"), "onnxruntime": version("onnxruntime"),
+            "torch_threads": __import__("torch").get_num_threads() if installed("torch") else None,
             "load_average": " ".join(f"{v:.1f}" for v in os.getloadavg())}
+
+
+def _pipeline_cfg(data_dir: str, workers: int, batch: int):
+    """The Ascend recipe's data settings for a CPU run of the pipeline."""
+    from mindcv_xception.config import parse_config
+
+    return parse_config(["--config", ASCEND_RECIPE, "--data_dir", data_dir, "--batch_size", str(batch),
+                         "--num_parallel_workers", str(workers), "--distribute", "False"])
+
+
+def ours_loader(folder, cfg, epoch: int):
+    """Our training batches (``data.train_dataset``) for ``epoch``."""
+    from mindcv_xception.data import train_dataset
+
+    return train_dataset(folder, cfg, epoch)[0]
+
+
+def mindcv_loader(data_dir: str, cfg):
+    """mindcv 0.3.0's own ImageNet training pipeline with the same settings."""
+    from mindcv.data import create_dataset, create_loader, create_transforms
+
+    dataset = create_dataset("imagenet", root=data_dir, split="train", shuffle=True,
+                             num_parallel_workers=cfg.num_parallel_workers)
+    transforms = create_transforms("imagenet", image_resize=cfg.image_resize, is_training=True,
+                                   auto_augment=cfg.auto_augment, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                   hflip=cfg.hflip, re_prob=cfg.re_prob, interpolation=cfg.interpolation,
+                                   mean=cfg.mean, std=cfg.std)
+    return create_loader(dataset, batch_size=cfg.batch_size, drop_remainder=True, is_training=True,
+                         transform=transforms, num_parallel_workers=cfg.num_parallel_workers)
+
+
+def time_loader(loader, batches: int) -> Tuple[float, float]:
+    """(seconds to the first batch, images/s over the next ``batches``)."""
+    start = time.perf_counter()
+    iterator = loader.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    next(iterator)  # the first batch: workers started, augmentation warm
+    started = time.perf_counter()
+    n = 0
+    for _, batch in zip(range(batches), iterator):
+        n += len(batch[0])
+    elapsed = time.perf_counter() - started
+    return started - start, n / max(elapsed, 1e-9)
+
+
+def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", workers: int = 2,
+                 batch: int = 32) -> Dict:
+    """Training input pipelines, ours against mindcv's, rounds interleaved; and the start-up scan."""
+    import tempfile
+
+    from imagenet_like import make_imagenet_like
+    from mindcv_xception import data
+
+    data_dir = data_dir or os.path.join(tempfile.gettempdir(), f"bench_imagenet_like_{images}")
+    made = time.perf_counter()
+    make_imagenet_like(data_dir, images)
+    made = time.perf_counter() - made
+    cfg = _pipeline_cfg(data_dir, workers, batch)
+    train_dir = os.path.join(data_dir, "train")
+    scan = {}
+    if os.path.exists(data.scan_index_path(train_dir)):
+        os.remove(data.scan_index_path(train_dir))  # the first scan opens every image
+    for label in ("first", "again"):
+        start = time.perf_counter()
+        folder = data.scan_image_folder(train_dir)
+        scan[f"{label}_ms_per_image"] = round(1000 * (time.perf_counter() - start) / len(folder), 4)
+    runs: Dict[str, List[Tuple[float, float]]] = {"ours": [], "mindcv": []}
+    for r in range(rounds):
+        runs["ours"].append(time_loader(ours_loader(folder, cfg, r), batches))
+        runs["mindcv"].append(time_loader(mindcv_loader(data_dir, cfg), batches))
+        print(f"pipeline round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1][1]:.1f} img/s" for n, v in runs.items()),
+              file=sys.stderr, flush=True)
+    result = {"images": len(folder), "batch": batch, "workers": workers, "batches_timed": batches,
+              "augmentation": f"random-resized crop {cfg.image_resize}, hflip {cfg.hflip}, {cfg.auto_augment}, "
+                              f"random erasing {cfg.re_prob}", "folder": data_dir,
+              "folder_written_s": round(made, 1), "scan": scan}
+    for name, values in runs.items():
+        result[f"{name}_img_s"] = round(float(np.median([v[1] for v in values])), 1)
+        result[f"{name}_first_batch_s"] = round(float(np.median([v[0] for v in values])), 2)
+    result["ratio"] = round(result["ours_img_s"] / result["mindcv_img_s"], 3)
+    return result
 
 
 def print_table(report: Dict) -> None:
     env = report["environment"]
-    print(f"{env['cpu']} ({env['cores']} cores), MindSpore {env['mindspore']}, mindcv {env['mindcv']}, "
-          f"load average at start {env['load_average']}")
+    print(f"{env['cpu']} ({env['cores']} cores; {' '.join(env['cpu_vector_extensions']) or 'no AVX'}), "
+          f"Python {env['python']}, MindSpore {env['mindspore']}, mindcv {env['mindcv']}, torch {env['torch']}, "
+          f"onnxruntime {env['onnxruntime']}, load average at start {env['load_average']}")
     if "cases" in report:
         print(f"matmul ceiling {report['matmul_ceiling_gflop_s']} GFLOP/s; multiply-adds per image (G): "
               f"{report['macs_per_image_G']}")
-        print(f"{'case':16} {'ours img/s':>11} {'mindcv img/s':>13} {'ratio':>6} {'share':>6}")
+        shown = [n for n in report["networks"] if n not in EXTRA]
+        print(f"{'case':16} " + " ".join(f"{n + ' img/s':>17}" for n in shown) +
+              f" {'ours/mindcv':>11} {'ours/torch':>10} {'ours/onnxrt':>11}")
         for case, r in report["cases"].items():
-            share = r.get("ours_share_of_matmul_ceiling")
-            print(f"{case:16} {r['ours_img_s']:11.2f} {r['mindcv_img_s']:13.2f} {r['ratio']:6.2f} "
-                  f"{'' if share is None else f'{share:6.0%}'}")
+            cells = [f"{r[n + '_img_s']:17.2f}" if n + "_img_s" in r else f"{'-':>17}" for n in shown]
+            ratios = [f"{r[k]:{w}.2f}" if k in r else f"{'-':>{w}}"
+                      for k, w in (("ratio", 11), ("ours_vs_torch", 10), ("ours_vs_onnxruntime", 11))]
+            print(f"{case:16} " + " ".join(cells) + " " + " ".join(ratios))
             for extra in EXTRA:
                 if f"{extra}_img_s" in r:
                     print(f"{'':16} {extra}: {r[extra + '_img_s']:.2f} img/s, {r[extra + '_ratio']:.2f} x mindcv")
@@ -252,6 +477,12 @@ def print_table(report: Dict) -> None:
         print(f"peak RSS {case:16} " + "  ".join(
             f"{n}: {v['error']}" if "error" in v else f"{n}: {v['peak_mib']} MiB (built {v['built_mib']})"
             for n, v in m.items()))
+    if "pipeline" in report:
+        p = report["pipeline"]
+        print(f"input pipeline ({p['images']} JPEGs 500x375 q90, {p['augmentation']}, batch {p['batch']}, "
+              f"{p['workers']} workers): ours {p['ours_img_s']} img/s, mindcv {p['mindcv_img_s']} img/s, "
+              f"ratio {p['ratio']:.2f}; first batch after {p['ours_first_batch_s']} / {p['mindcv_first_batch_s']} s; "
+              f"start-up scan {p['scan']} ms per image")
 
 
 def main() -> None:
@@ -264,6 +495,13 @@ def main() -> None:
                         help="also the peak RSS of our training step at 299 for these batches, e.g. 8,16,32")
     parser.add_argument("--extra", action="store_true",
                         help=f"also time {', '.join(EXTRA)} (one change at a time; ratios to mindcv)")
+    parser.add_argument("--networks", default="",
+                        help=f"comma-separated subset of {', '.join(NETWORKS + ANCHORS)} (default: all installed)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also time the training input pipelines (ours, mindcv's) and the start-up scan")
+    parser.add_argument("--pipeline-images", type=int, default=640, help="JPEGs in the generated folder")
+    parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed per round")
+    parser.add_argument("--pipeline-dir", default="", help="where the JPEG folder is made (kept and reused)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -276,15 +514,25 @@ def main() -> None:
     cases = [c for c in args.cases.split(",") if c]
     for case in cases:
         parse_case(case)
+    networks = available_networks(cases, args.networks) + (EXTRA if args.extra else ())
     report: Dict = {"environment": environment()}
+    env = report["environment"]
+    print(f"{env['cpu']}; vector extensions: {' '.join(env['cpu_vector_extensions']) or 'none'}; "
+          f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
+          f"timing {', '.join(networks)}", file=sys.stderr, flush=True)
     if not args.no_speed:
-        report.update(run_speed(cases, args.rounds, NETWORKS + (EXTRA if args.extra else ())))
+        report.update(run_speed(cases, args.rounds, networks))
+    memory_networks = [n for n in networks if n in NETWORKS + ("torch",)]
     if args.memory:
-        report["memory"] = {c: {n: child_memory(c, n) for n in NETWORKS} for c in cases}
+        report["memory"] = {c: {n: child_memory(c, n) for n in memory_networks} for c in cases}
     for batch in filter(None, args.memory_batches.split(",")):
         case = f"train_299_b{int(batch)}"
-        for network in ("ours", "ours_native_convs"):  # the native kernels are what Ascend runs
+        # the native kernels are what Ascend runs; PyTorch for the same batch when installed
+        for network in ["ours", "ours_native_convs"] + [n for n in memory_networks if n == "torch"]:
             report.setdefault("memory", {}).setdefault(case, {})[network] = child_memory(case, network)
+    if args.pipeline:
+        report["pipeline"] = run_pipeline(args.rounds, args.pipeline_images, args.pipeline_batches,
+                                          args.pipeline_dir)
     if args.json:
         print(json.dumps(report))
     else:

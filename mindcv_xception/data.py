@@ -9,10 +9,14 @@ unreadable or corrupt file is skipped (replaced by the next image) and counted, 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -22,6 +26,8 @@ from PIL import Image
 from .preprocessing import IMAGE_EXTENSIONS, Preprocessing, decode_image, eval_transforms, from_config
 
 logger = logging.getLogger(__name__)
+SCAN_INDEX_VERSION = 1
+SCAN_LOCK_STALE_S = 60.0  # a scan lock not refreshed for this long belongs to a process that died
 
 
 class DataError(ValueError):
@@ -61,8 +67,115 @@ def _readable(path: str) -> bool:
         return False
 
 
+def scan_index_path(root: str) -> str:
+    """Where the start-up scan of ``root`` is kept: ``<cache>/scan/<hash of root's absolute path>.json``.
+
+    The cache is ``$MINDCV_XCEPTION_CACHE`` (default ``~/.cache/mindcv_xception``); point it at shared
+    storage to share one scan across machines.
+    """
+    from .weights import cache_dir
+
+    digest = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir(), "scan", f"{os.path.basename(os.path.normpath(root))}.{digest}.json")
+
+
+def folder_fingerprint(root: str, files: Sequence[str]) -> str:
+    """A digest of ``files`` (relative to ``root``) with their sizes and modification times: no file is opened."""
+    digest = hashlib.sha256()
+    for rel in files:
+        st = os.stat(os.path.join(root, rel))
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_index(path: str, key: str) -> Optional[List[str]]:
+    """The unreadable files an index records for ``key``; None when it is missing, stale or corrupt."""
+    try:
+        with open(path) as f:
+            index = json.load(f)
+        if index.get("version") == SCAN_INDEX_VERSION and index.get("key") == key:
+            return [str(rel) for rel in index["unreadable"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def _write_index(path: str, key: str, root: str, unreadable: List[str]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"version": SCAN_INDEX_VERSION, "key": key, "root": os.path.realpath(root),
+                       "unreadable": unreadable}, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # the scan stands without its index; the next start scans again
+        logger.warning("could not write the scan index %s (%s); the next start scans %s again", path, exc, root)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def unreadable_files(root: str, files: Sequence[str]) -> List[str]:
+    """The ``files`` (relative to ``root``) that do not open as images, scanned once per folder state.
+
+    The result is kept in ``scan_index_path(root)`` under the folder's fingerprint (names, sizes,
+    modification times), so an unchanged folder is not opened again and a changed one is rescanned.
+    Processes share the scan: one takes a lock file and scans, the others (e.g. the other ranks) wait
+    for its index; a lock not refreshed for ``SCAN_LOCK_STALE_S`` seconds is taken over.
+    """
+    key = folder_fingerprint(root, files)
+    path = scan_index_path(root)
+    known = _read_index(path, key)
+    if known is not None:
+        return known
+    lock, waited = path + ".lock", False
+    while True:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            known = _read_index(path, key)
+            if known is not None:
+                return known
+            try:
+                stale = time.time() - os.path.getmtime(lock) > SCAN_LOCK_STALE_S
+            except FileNotFoundError:
+                continue
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+                continue
+            if not waited:
+                logger.info("waiting for another process's scan of %s (%s)", root, lock)
+                waited = True
+            time.sleep(0.2)
+        except OSError as exc:  # no writable cache: scan without keeping the result
+            logger.warning("cannot keep the scan of %s in %s (%s); set MINDCV_XCEPTION_CACHE to a writable folder",
+                           root, os.path.dirname(path), exc)
+            return [rel for rel in files if not _readable(os.path.join(root, rel))]
+    try:
+        known = _read_index(path, key)  # written while this process waited for the lock
+        if known is not None:
+            return known
+        unreadable = []
+        for i, rel in enumerate(files):
+            if i % 1000 == 999:
+                os.utime(lock)  # still scanning: the lock is not stale
+            if not _readable(os.path.join(root, rel)):
+                unreadable.append(rel)
+        _write_index(path, key, root, unreadable)
+        return unreadable
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
 def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) -> ImageFolder:
-    """List the images of ``root/<class>/`` with their labels; check every class has images."""
+    """List the images of ``root/<class>/`` with their labels; check every class has images.
+
+    Every image's header is checked once per folder state (``unreadable_files``); unreadable files are
+    left out and listed in ``unreadable``.
+    """
     classes = _class_dirs(root)
     if class_names is not None and list(class_names) != classes:
         only_here = sorted(set(classes) - set(class_names))
@@ -70,19 +183,17 @@ def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
         raise DataError(f"the classes of {root} differ from the training classes "
                         f"(only here: {only_here[:5]}, missing here: {missing[:5]}); "
                         f"give both splits the same class folders")
-    samples, unreadable = [], []
+    listed = []
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise DataError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
                             f"add images or remove the folder")
-        for f in files:
-            path = os.path.join(folder, f)
-            if _readable(path):
-                samples.append((path, label))
-            else:
-                unreadable.append(path)
+        listed += [(os.path.join(name, f), label) for f in files]
+    bad = set(unreadable_files(root, [rel for rel, _ in listed]))
+    samples = [(os.path.join(root, rel), label) for rel, label in listed if rel not in bad]
+    unreadable = [os.path.join(root, rel) for rel, _ in listed if rel in bad]
     if unreadable:
         logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(unreadable), unreadable[0])
     return ImageFolder(root, classes, samples, unreadable)

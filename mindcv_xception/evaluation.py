@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import mindspore as ms
 import numpy as np
@@ -37,12 +37,36 @@ class EvalStep(nn.Cell):
         return (losses * valid).sum(), (top1 * valid).sum(), (topk * valid).sum(), valid.sum(), logits
 
 
-class Evaluator:
-    """Validates ``network`` on image folders with an evaluation preprocessing (``preprocessing.eval_transforms``)."""
+def batch_sums(logits: np.ndarray, labels: np.ndarray, valid: np.ndarray, top_k: int = 5):
+    """``EvalStep``'s outputs in numpy, for logits computed elsewhere (e.g. by ONNX Runtime)."""
+    logits = logits.astype(np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    losses = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    hits = (top == labels.reshape(-1, 1)).astype(np.float64)
+    return (losses * valid).sum(), (hits[:, 0] * valid).sum(), (hits.sum(axis=1) * valid).sum(), valid.sum(), logits
 
-    def __init__(self, network: nn.Cell, num_classes: int, runtime: Runtime) -> None:
+
+def _numpy(value) -> np.ndarray:
+    return value.asnumpy() if isinstance(value, ms.Tensor) else np.asarray(value)
+
+
+class Evaluator:
+    """Validates ``network`` on image folders with an evaluation preprocessing (``preprocessing.eval_transforms``).
+
+    ``network``: a MindSpore network, or a ``backends.Predictor`` (numpy batch -> numpy logits, e.g.
+    ONNX Runtime), whose loss and top-k are then computed in numpy.
+    """
+
+    def __init__(self, network: Union[nn.Cell, Callable[[np.ndarray], np.ndarray]], num_classes: int,
+                 runtime: Runtime) -> None:
         self.network, self.runtime = network, runtime
-        self.step = EvalStep(network, top_k=min(5, num_classes))
+        self.top_k = min(5, num_classes)
+        if isinstance(network, nn.Cell):
+            self.step = EvalStep(network, top_k=self.top_k)
+        else:
+            self.step = lambda images, labels, valid: batch_sums(
+                network(images.asnumpy()), labels.asnumpy(), valid.asnumpy().astype(np.float64), self.top_k)
 
     def run(self, folder, cfg, prep: Optional[Preprocessing] = None, keep_logits: bool = False) -> Dict[str, object]:
         """top1, top5, loss, num_images and images_per_s over ``folder``.
@@ -52,16 +76,17 @@ class Evaluator:
         """
         from .data import val_dataset
 
-        self.step.set_train(False)
+        if isinstance(self.step, nn.Cell):
+            self.step.set_train(False)
         dataset, source = val_dataset(folder, cfg, self.runtime.rank, self.runtime.world, prep)
         totals = np.zeros(4, np.float64)
         kept = []
         start = time.time()
         for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
             *sums, logits = self.step(images, labels, valid)
-            totals += np.array([float(v.asnumpy()) for v in sums])
+            totals += np.array([float(_numpy(v)) for v in sums])
             if keep_logits:
-                kept.append(logits.asnumpy()[valid.asnumpy() > 0])
+                kept.append(_numpy(logits)[valid.asnumpy() > 0])
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:

@@ -32,15 +32,35 @@ from .preprocessing import Preprocessing
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
 
+def exportable_network(net: nn.Cell) -> nn.Cell:
+    """An eval-mode float32 copy of a loaded Xception as it is exported: BatchNorm folded, native convs."""
+    fast = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
+    set_matmul_convs(fast, False)  # the native conv kernels: ONNX has no Im2Col, Ascend/GPU run their own
+    fast.to_float(ms.float32)
+    fast.set_train(False)
+    return fast
+
+
 def build_export_network(ckpt_path: str, model: Optional[str] = None,
                          num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
     """The network to export, in eval mode, float32. The one place to swap in a faster inference network."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
-    net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
-    set_matmul_convs(net, False)  # the native conv kernels: ONNX has no Im2Col, Ascend/GPU run their own
-    net.to_float(ms.float32)
-    net.set_train(False)
-    return net, meta
+    return exportable_network(net), meta
+
+
+def write_model(net: nn.Cell, target: str, file_format: str, image_size: int, batch_size: int = 1) -> None:
+    """``ms.export`` ``net`` for a static ``batch_size`` x channels x ``image_size``^2 input to ``target``, atomically."""
+    extension = EXTENSIONS[file_format]
+    base = target[: -len(extension)]
+    tmp_base = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(base)}.{os.getpid()}.tmp")
+    tmp = tmp_base + extension
+    dummy = ms.Tensor(np.zeros((batch_size, net.in_channels, image_size, image_size), np.float32))
+    try:
+        ms.export(net, dummy, file_name=tmp_base, file_format=file_format)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
@@ -53,20 +73,11 @@ def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[s
         raise ValueError(f"file_format must be one of {', '.join(EXTENSIONS)}, got {file_format}")
     net, meta = build_export_network(ckpt_path, model, num_classes)
     prep = checkpoint_preprocessing(meta, {"image_resize": image_size} if image_size else {}, ckpt_path)
-    size = prep.image_size
     base = output or os.path.splitext(ckpt_path)[0]
     if base.lower().endswith(EXTENSIONS[file_format]):
         base = base[: -len(EXTENSIONS[file_format])]
     target = base + EXTENSIONS[file_format]
-    tmp_base = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(base)}.{os.getpid()}.tmp")
-    tmp = tmp_base + EXTENSIONS[file_format]
-    dummy = ms.Tensor(np.zeros((batch_size, net.in_channels, size, size), np.float32))
-    try:
-        ms.export(net, dummy, file_name=tmp_base, file_format=file_format)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_model(net, target, file_format, prep.image_size, batch_size)
     return target, prep
 
 

@@ -13,13 +13,12 @@ import json
 import os
 import sys
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .fast import inference_network
+from .backends import BACKENDS, MindSporePredictor, Predictor, predictor
 from .loading import (CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params,
                       read_checkpoint)
 from .preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, KERAS, Preprocessing, preprocess, resolve
@@ -136,15 +135,20 @@ def checkpoint_preprocessing(meta: Dict[str, object], overrides: Optional[Dict[s
                    "infer.py's previous defaults")
 
 
-def image_logits(net: nn.Cell, paths: Sequence[str], prep: Preprocessing) -> np.ndarray:
-    """The network's logits (images x classes) for image files, one image at a time."""
-    rows = [net(ms.Tensor(load_image(path, prep)[None])).asnumpy()[0] for path in paths]
+def image_logits(net: Union[nn.Cell, Predictor], paths: Sequence[str], prep: Preprocessing) -> np.ndarray:
+    """The logits (images x classes) for image files, one image at a time.
+
+    ``net``: a MindSpore network or a ``backends.Predictor`` (numpy batch -> numpy logits).
+    """
+    if isinstance(net, nn.Cell):
+        net = MindSporePredictor(net)
+    rows = [net(load_image(path, prep)[None])[0] for path in paths]
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def classify(net: nn.Cell, paths: Sequence[str], names: Sequence[str], prep: Preprocessing = KERAS,
+def classify(net: Union[nn.Cell, Predictor], paths: Sequence[str], names: Sequence[str], prep: Preprocessing = KERAS,
              k: int = 5) -> List[Dict[str, object]]:
-    """Top-k predictions for each image file, one at a time."""
+    """Top-k predictions for each image file, one at a time (``net``: a network or a ``Predictor``)."""
     results = []
     for path, logits in zip(paths, image_logits(net, paths, prep)):
         results.append({"image": path, "top": top_k(softmax(logits), names, k)})
@@ -168,6 +172,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--std", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto: ONNX Runtime on CPU when installed (the cached ONNX export), else MindSpore")
     args = parser.parse_args(argv)
     log_to_stderr()
     flags = {"image_resize": args.image_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
@@ -181,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise CheckpointError(f"{args.ckpt_path} has no classifier (a feature extractor); it cannot classify")
         prep = checkpoint_preprocessing(meta, {k: v for k, v in flags.items() if v is not None}, args.ckpt_path)
         names = class_names_for(meta, meta["num_classes"])
-        net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
+        net = predictor(net, args.ckpt_path, prep, args.backend)  # BatchNorm folded either way
         results = classify(net, paths, names, prep, args.top_k)
     except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,13 +15,15 @@ from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
-from .fast import inference_network
+from .backends import BACKENDS, choose_backend, predictor
 from .loading import (META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params,
                       read_checkpoint)
 from .preprocessing import CONFIG_KEYS, PREPROCESSING_KEY, Preprocessing, from_config, resolve
 
 logger = logging.getLogger(__name__)
-VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text")]
+VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text"),
+                    Option("backend", "str", "auto", "auto: ONNX Runtime on CPU when installed (the checkpoint "
+                           "exported once, cached), else MindSpore", BACKENDS)]
 
 
 def _settings_from_checkpoint(cfg: Config, meta: Dict[str, object], params) -> None:
@@ -82,12 +84,21 @@ def validate(cfg: Config, keep_logits: bool = False) -> Dict[str, object]:
     net = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                        middle_depth=cfg.middle_depth, **extra)
     load_weights(net, network_params(params, use_ema=cfg.use_ema_weights), source=cfg.ckpt_path)
-    net = inference_network(net)  # BatchNorm folded: the same outputs, faster
-    if cfg.val_amp_level != "O0":
-        from .training_step import apply_amp
-
-        apply_amp(net, cfg.val_amp_level)
     prep = checkpoint_preprocessing(cfg, meta)
+    backend = choose_backend(cfg.backend, runtime.device)
+    if backend == "onnxruntime" and cfg.val_amp_level != "O0":
+        if cfg.backend == "onnxruntime":
+            raise ConfigError(f"--val_amp_level {cfg.val_amp_level} runs on MindSpore only; "
+                              f"drop it or use --backend mindspore")
+        backend = "mindspore"
+    if backend == "onnxruntime":
+        net = predictor(net, cfg.ckpt_path, prep, backend, cfg.batch_size, {"use_ema": cfg.use_ema_weights})
+    else:
+        net = predictor(net, cfg.ckpt_path, prep, "mindspore").net  # BatchNorm folded: same outputs, faster
+        if cfg.val_amp_level != "O0":
+            from .training_step import apply_amp
+
+            apply_amp(net, cfg.val_amp_level)
     result = Evaluator(net, cfg.num_classes, runtime).run(folder, cfg, prep, keep_logits)
     result["rank"] = runtime.rank
     return result

@@ -5,7 +5,18 @@ import pytest
 
 import mindcv_xception  # noqa: F401  (registers the models)
 
-ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")  # as setup_runtime does, so in-process validate() may set it again after kernels ran
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Exports and converted weights go to a per-session cache, never the user's (subprocesses inherit it)."""
+    import os
+
+    from mindcv_xception.weights import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(autouse=True)

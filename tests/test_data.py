@@ -120,3 +120,89 @@ def test_ilsvrc_layout_refuses_other_files(tmp_path):
     (tmp_path / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(ValueError, match="not ILSVRC2012 validation images"):
         layout_val(str(tmp_path), str(tmp_path / "val"))
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Counts the images the scan opens (``data._readable`` calls)."""
+    from mindcv_xception import data
+
+    calls = []
+    real = data._readable
+    monkeypatch.setattr(data, "_readable", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def test_second_scan_of_an_unchanged_folder_opens_no_image(tmp_path, opened):
+    make_folder(str(tmp_path), ["a", "b"])
+    (tmp_path / "a" / "bad.png").write_bytes(b"not a png")
+    first = scan_image_folder(str(tmp_path))
+    assert len(opened) == 7
+    opened.clear()
+    again = scan_image_folder(str(tmp_path))
+    assert opened == []
+    assert again.samples == first.samples and again.unreadable == first.unreadable == [str(tmp_path / "a" / "bad.png")]
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "rewritten"])
+def test_a_changed_folder_is_scanned_again(tmp_path, opened, change):
+    make_folder(str(tmp_path), ["a", "b"])
+    scan_image_folder(str(tmp_path))
+    opened.clear()
+    if change == "added":
+        Image.new("RGB", (8, 8)).save(tmp_path / "b" / "new.png")
+    elif change == "removed":
+        os.remove(tmp_path / "b" / "0.png")
+    else:  # same name and size, corrupted later (another modification time)
+        path = tmp_path / "b" / "0.png"
+        data = path.read_bytes()
+        path.write_bytes(b"x" * len(data))
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    rescanned = scan_image_folder(str(tmp_path))
+    assert len(opened) == len(rescanned.samples) + len(rescanned.unreadable)
+    assert (str(tmp_path / "b" / "0.png") in rescanned.unreadable) == (change == "rewritten")
+
+
+def test_a_process_waits_for_the_scan_another_one_is_making(tmp_path, opened):
+    import threading
+
+    from mindcv_xception.data import scan_index_path
+
+    make_folder(str(tmp_path), ["a"])
+    index = scan_index_path(str(tmp_path))
+    os.makedirs(os.path.dirname(index), exist_ok=True)
+    open(index + ".lock", "w").close()  # another rank is scanning
+
+    def other_rank_finishes():
+        from mindcv_xception import data
+
+        files = [os.path.join("a", f) for f in sorted(os.listdir(tmp_path / "a"))]
+        data._write_index(index, data.folder_fingerprint(str(tmp_path), files), str(tmp_path), [])
+        os.remove(index + ".lock")
+
+    timer = threading.Timer(0.5, other_rank_finishes)
+    timer.start()
+    folder = scan_image_folder(str(tmp_path))
+    timer.join()
+    assert opened == [] and len(folder) == 3
+
+
+def test_a_stale_scan_lock_is_taken_over(tmp_path, opened):
+    from mindcv_xception.data import SCAN_LOCK_STALE_S, scan_index_path
+
+    make_folder(str(tmp_path), ["a"])
+    lock = scan_index_path(str(tmp_path)) + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    open(lock, "w").close()
+    old = os.stat(lock).st_mtime - SCAN_LOCK_STALE_S - 1
+    os.utime(lock, (old, old))  # a rank that died while scanning
+    assert len(scan_image_folder(str(tmp_path))) == 3 and len(opened) == 3 and not os.path.exists(lock)
+
+
+def test_without_a_writable_cache_the_folder_is_still_scanned(tmp_path, monkeypatch, opened):
+    from mindcv_xception.weights import CACHE_ENV
+
+    make_folder(str(tmp_path / "data"), ["a"])
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))  # a path under a file: never writable
+    assert len(scan_image_folder(str(tmp_path / "data"))) == 3 and len(opened) == 3

@@ -109,3 +109,20 @@ def test_mindcv_checkpoint_validates_like_its_conversion(labelled, tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert results[0]["num_images"] == N_VAL
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+
+
+def test_onnxruntime_backend_validates_like_mindspore(labelled):
+    from mindcv_xception.config import parse_config
+    from mindcv_xception.validate import VALIDATE_OPTIONS, validate
+
+    data, ckpt, _ = labelled
+    results = {}
+    for backend in ("mindspore", "onnxruntime"):
+        cfg = parse_config([*VALIDATE[1:], "--data_dir", data, "--ckpt_path", ckpt, "--backend", backend],
+                           "", VALIDATE_OPTIONS)
+        results[backend] = validate(cfg, keep_logits=True)
+    ours, onnx = results["mindspore"], results["onnxruntime"]
+    assert onnx["num_images"] == ours["num_images"] == N_VAL
+    assert (onnx["top1"], onnx["top5"]) == (ours["top1"], ours["top5"])
+    assert onnx["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+    np.testing.assert_allclose(onnx["logits"], ours["logits"], rtol=1e-4, atol=1e-4 * np.abs(ours["logits"]).max())
