@@ -19,6 +19,7 @@ def readme_commands():
     text = open(os.path.join(REPO, "README.md")).read()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # continued lines are one command
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("msrun"):
