@@ -45,6 +45,30 @@ def test_readme_command_flags_exist(command):
         assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", out), f"{flag} is not an option of {' '.join(target)}"
 
 
+def test_demo_data_interrupted_mid_write_leaves_no_folder_and_is_written_whole_next_time(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mindcv_xception import demo
+
+    data = tmp_path / "data" / "digits"
+    save, written = Image.Image.save, []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of writing the images
+        written.append(args[0])
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(data=str(data), run_dir=str(tmp_path / "run"), per_class=5)
+    monkeypatch.undo()
+    assert not data.exists()  # the old code left data/digits/val/0 with 1 image, and never wrote the rest
+    demo.write_data(str(data), per_class=5)
+    assert sorted(p.relative_to(data).parts[:2] for p in data.glob("*/*/*.png")).count(("train", "9")) == 4
+    assert len(list(data.glob("*/*/*.png"))) == 50 and not (tmp_path / "data" / "digits.partial").exists()
+
+
 def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     code, out, err = run_script(["-m", "mindcv_xception.demo", "--epochs", "3", "--per_class", "40", "--data", data,
