@@ -49,8 +49,9 @@ def parse_case(name: str) -> Tuple[str, int, int]:
 
 def build(network: str, kind: str):
     """The network under test, eval-mode for inference."""
-    import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv.models.xception import Xception as MindcvXception
+
+    import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv_xception import Xception
     from mindcv_xception.fast import inference_network
     from mindcv_xception.network import matmul_conv_switches, set_matmul_convs
@@ -97,6 +98,7 @@ def multiply_adds(network: str, size: int) -> int:
     """
     import mindspore as ms
     from mindspore import nn
+
     from mindcv_xception.network import set_matmul_convs
 
     net = build(network, "train")

@@ -33,11 +33,12 @@ class Option:
     nullable: bool = False
 
 
-O = Option
+O = Option  # noqa: E741  (a one-letter alias keeps the table below readable)
 OPTIONS: List[Option] = [
     # system
     O("mode", "int", 0, "0: graph mode (compiled), 1: pynative (eager)", (0, 1)),
-    O("jit_level", "str", "O1", "graph compile level; O2 exists on Ascend only, others fall back to O1", ("O0", "O1", "O2")),
+    O("jit_level", "str", "O1", "graph compile level; O2 exists on Ascend only, others fall back to O1",
+      ("O0", "O1", "O2")),
     O("device_target", "str", "auto", "auto picks Ascend, else GPU, else CPU", ("auto", "Ascend", "GPU", "CPU")),
     O("distribute", "bool", False, "data parallel across the processes started by msrun"),
     O("seed", "int", 42, "seed of weights, data order and augmentation (the same on every rank)"),
@@ -101,7 +102,8 @@ OPTIONS: List[Option] = [
     O("label_smoothing", "float", 0.0, "label smoothing"),
     O("amp_level", "str", "O0", "mixed precision: O0 fp32, O2/O3 fp16 (slow on CPU)", ("O0", "O1", "O2", "O3")),
     O("loss_scale", "float", 1.0, "loss scale (initial value when dynamic)"),
-    O("loss_scale_type", "str", "fixed", "fixed, or dynamic (Ascend/GPU; skips overflowed steps)", ("fixed", "dynamic")),
+    O("loss_scale_type", "str", "fixed", "fixed, or dynamic (Ascend/GPU; skips overflowed steps)",
+      ("fixed", "dynamic")),
     O("ema", "bool", False, "keep an exponential moving average of the weights (the paper's Polyak averaging)"),
     O("ema_decay", "float", 0.9999, "EMA decay"),
     O("max_nonfinite_steps", "int", 20, "stop when the loss stays non-finite this many steps in a row"),

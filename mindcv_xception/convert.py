@@ -69,7 +69,8 @@ def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[s
     return map_layers(found, _shapes(num_classes), src), num_classes
 
 
-def convert_keras(src: str, dst: str, num_classes: Optional[int] = None, source: Optional[str] = None) -> Dict[str, object]:
+def convert_keras(src: str, dst: str, num_classes: Optional[int] = None,
+                  source: Optional[str] = None) -> Dict[str, object]:
     """Convert a Keras Xception weight file (``.h5`` or ``.weights.h5``) to our checkpoint; returns its metadata."""
     params, num_classes = keras_to_params(src, num_classes)
     meta = {"model": "xception", "num_classes": num_classes, "class_names": None,

@@ -42,12 +42,12 @@ def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     for device in ("Ascend", "GPU"):
-        if _quietly(lambda: ms.hal.is_available(device)):
+        if _quietly(ms.hal.is_available, device):
             return device
     return "CPU"
 
 
-def _quietly(query) -> bool:
+def _quietly(query, *args) -> bool:
     """Run a device query with the C++ library's stderr chatter (missing Ascend libraries) silenced."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -55,7 +55,7 @@ def _quietly(query) -> bool:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             try:
-                return bool(query())
+                return bool(query(*args))
             except Exception:  # a build without that backend cannot even be asked
                 return False
     finally:

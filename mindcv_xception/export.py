@@ -21,8 +21,8 @@ from mindspore import nn
 
 from .fast import inference_network
 from .inference import load_for_inference
-from .network import set_matmul_convs
 from .loading import CheckpointError
+from .network import set_matmul_convs
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
@@ -70,7 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="export.py", description="Export an Xception checkpoint (MINDIR or ONNX).")
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
-    parser.add_argument("--output", default=None, help="output name without extension (default: next to the checkpoint)")
+    parser.add_argument("--output", default=None,
+                        help="output name without extension (default: next to the checkpoint)")
     parser.add_argument("--image_size", type=int, default=None, help="static input size (default: the model's, 299)")
     parser.add_argument("--batch_size", type=int, default=1, help="static batch size")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")

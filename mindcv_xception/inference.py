@@ -22,8 +22,7 @@ import numpy as np
 from mindspore import nn
 
 from .fast import inference_network
-from .loading import (CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params,
-                      read_checkpoint)
+from .loading import CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_CROP_PCT = 0.8975
@@ -64,7 +63,8 @@ def load_image(path: str, image_size: int = 299, crop_pct: float = DEFAULT_CROP_
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated / unknown files
-        raise ImageError(f"{path}: not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"{path}: not a readable image ({reason})") from None
 
 
 def collect_images(paths: Sequence[str]) -> List[str]:
@@ -155,10 +155,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``: top-5 classes per image."""
     from .models import default_cfgs
 
-    parser = argparse.ArgumentParser(prog="infer.py", description="Top-5 classes of images with an Xception checkpoint.")
+    parser = argparse.ArgumentParser(prog="infer.py",
+                                     description="Top-5 classes of images with an Xception checkpoint.")
     parser.add_argument("images", nargs="+", help="image files or directories")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
-    parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say (default xception)")
+    parser.add_argument("--model", default=None,
+                        help="architecture when the checkpoint does not say (default xception)")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--image_size", type=int, default=None, help="crop size (default: the model's, 299)")
     parser.add_argument("--top_k", type=int, default=5)

@@ -38,7 +38,8 @@ def read_checkpoint(path: str) -> Dict[str, Parameter]:
         params = ms.load_checkpoint(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line C++ stacks
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): "
+                              f"{first}") from None
     if not params:
         raise CheckpointError(f"{path} holds no parameters; it is not a weight checkpoint")
     return params

@@ -56,7 +56,8 @@ def xception_blocks(widths: XceptionWidths, middle_depth: int = 8) -> Dict[str, 
     """The residual blocks of each flow, as the paper's figure draws them."""
     e1, e2, e3 = widths.entry
     return {
-        "entry_flow": [BlockSpec((e1, e1), True, relu_first=False), BlockSpec((e2, e2), True), BlockSpec((e3, e3), True)],
+        "entry_flow": [BlockSpec((e1, e1), True, relu_first=False), BlockSpec((e2, e2), True),
+                       BlockSpec((e3, e3), True)],
         "middle_flow": [BlockSpec((e3, e3, e3), False)] * middle_depth,
         "exit_flow": [BlockSpec((e3, widths.exit), True)],
     }

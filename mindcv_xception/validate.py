@@ -14,8 +14,7 @@ from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
 from .fast import inference_network
-from .loading import (META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params,
-                      read_checkpoint)
+from .loading import META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 logger = logging.getLogger(__name__)
 VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text")]

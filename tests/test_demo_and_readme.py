@@ -78,7 +78,8 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     assert len(metrics) == 3 and metrics[-1]["val_top1"] > 0.4  # 10 classes: chance is 0.1
     assert re.search(r"acc@top1 \d+\.\d+%", out)  # validate.py ran
     assert len(re.findall(r"^  1\. \d\.\d{4}  \d", out, re.M)) == 4  # infer.py's top-1 line for 4 images
-    assert f"curves:     {os.path.join(run_dir, 'curves.png')}" in out and os.path.exists(os.path.join(run_dir, "curves.png"))
+    curves = os.path.join(run_dir, "curves.png")
+    assert f"curves:     {curves}" in out and os.path.exists(curves)
 
 
 def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
@@ -89,7 +90,8 @@ def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     try:
         def epoch_one_done():
             metrics = os.path.join(run_dir, "metrics.jsonl")
-            return glob.glob(os.path.join(run_dir, "*-e0001.ckpt")) and os.path.exists(metrics) and os.path.getsize(metrics)
+            checkpoint = glob.glob(os.path.join(run_dir, "*-e0001.ckpt"))
+            return checkpoint and os.path.exists(metrics) and os.path.getsize(metrics)
 
         deadline = time.time() + 900
         while not epoch_one_done() and demo.poll() is None and time.time() < deadline:

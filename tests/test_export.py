@@ -45,7 +45,8 @@ def test_onnx_export_runs_in_onnxruntime_with_opset_11_and_gives_the_networks_ou
 def test_cli_writes_only_the_model_file(checkpoint, tmp_path, capsys):
     out = tmp_path / "cli"
     out.mkdir()
-    assert main(["--ckpt_path", checkpoint, "--file_format", "mindir", "--output", str(out / "net"), "--image_size", "71"]) == 0
+    args = ["--ckpt_path", checkpoint, "--file_format", "mindir", "--output", str(out / "net"), "--image_size", "71"]
+    assert main(args) == 0
     assert os.listdir(out) == ["net.mindir"]
     assert capsys.readouterr().out.strip() == f"wrote {out / 'net.mindir'}"
 

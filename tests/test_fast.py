@@ -10,11 +10,16 @@ from mindcv.models import create_model
 from mindspore import nn, ops
 
 from conftest import images
-from mindcv_xception import Xception
-from mindcv_xception import network
+from mindcv_xception import Xception, network
 from mindcv_xception.fast import fold_batch_norm, inference_network
-from mindcv_xception.network import (XCEPTION_SMALL_WIDTHS, MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul,
-                                     matmul_conv_switches, set_matmul_convs)
+from mindcv_xception.network import (
+    XCEPTION_SMALL_WIDTHS,
+    MatmulConv2d,
+    SeparableConv2d,
+    depthwise_3x3_matmul,
+    matmul_conv_switches,
+    set_matmul_convs,
+)
 
 
 def assert_close(actual, expected, rtol=1e-5):

@@ -150,7 +150,8 @@ def test_file_of_another_network_is_refused(tmp_path, capsys):
     src = str(tmp_path / "other.h5")
     with h5py.File(src, "w") as f:
         f.attrs["layer_names"] = np.array([b"conv1", b"fc"])
-        for name, shapes in (("conv1", {"kernel": (7, 7, 3, 64), "bias": (64,)}), ("fc", {"kernel": (64, 10), "bias": (10,)})):
+        layers = (("conv1", {"kernel": (7, 7, 3, 64), "bias": (64,)}), ("fc", {"kernel": (64, 10), "bias": (10,)}))
+        for name, shapes in layers:
             group = f.create_group(name)
             group.attrs["weight_names"] = np.array([f"{name}/{w}:0".encode() for w in shapes])
             for w, shape in shapes.items():
