@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from conftest import CPU_RECIPE
+from helpers import CPU_RECIPE
 from mindcv_xception.config import ConfigError, parse_config
 from mindcv_xception.trainer import scaled_lr
 

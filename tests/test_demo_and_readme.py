@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script, script_env
+from helpers import REPO, run_script, script_env
 
 
 def readme_commands():
@@ -35,6 +35,7 @@ def test_readme_shows_the_two_setup_commands_first():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("python")])
 def test_readme_command_flags_exist(command):
     words = shlex.split(command)
@@ -69,6 +70,7 @@ def test_demo_data_interrupted_mid_write_leaves_no_folder_and_is_written_whole_n
     assert len(list(data.glob("*/*/*.png"))) == 50 and not (tmp_path / "data" / "digits.partial").exists()
 
 
+@pytest.mark.slow
 def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     code, out, err = run_script(["-m", "mindcv_xception.demo", "--epochs", "3", "--per_class", "40", "--data", data,
@@ -82,6 +84,7 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     assert f"curves:     {curves}" in out and os.path.exists(curves)
 
 
+@pytest.mark.slow
 def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     args = ["-m", "mindcv_xception.demo", "--epochs", "2", "--per_class", "20", "--data", data, "--run", run_dir]

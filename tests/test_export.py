@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from conftest import images
-from helpers_ckpt import save_small
+from helpers import images, save_small
 from mindcv_xception.export import export_checkpoint, main
 from mindcv_xception.inference import load_for_inference
 

@@ -9,7 +9,7 @@ import pytest
 from mindcv.models import create_model
 from mindspore import nn, ops
 
-from conftest import images
+from helpers import images
 from mindcv_xception import Xception, network
 from mindcv_xception.fast import fold_batch_norm, inference_network
 from mindcv_xception.network import (

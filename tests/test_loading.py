@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindcv.models import create_model
 
-from conftest import images
+from helpers import images
 from mindcv_xception.loading import CheckpointError, load_weights, load_weights_file, read_checkpoint
 
 

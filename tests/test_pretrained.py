@@ -43,6 +43,7 @@ def test_the_official_address_and_checksums_are_registered():
     assert cfg["md5"] == "0a58e3b7378bc2990ea3b43d5981f1f6" and cfg["md5_notop"] == "b0042744bf5b25fce3cb969f33bebb97"
 
 
+@pytest.mark.slow
 def test_pre_seeded_cache_is_used_without_downloading(cache, keras_reference, monkeypatch):
     convert_keras(str(keras_reference / "official.h5"), str(cache / "xception_keras_imagenet.ckpt"))
     monkeypatch.setitem(default_cfgs["xception"], "url", (keras_reference / "absent.h5").as_uri())
@@ -51,6 +52,7 @@ def test_pre_seeded_cache_is_used_without_downloading(cache, keras_reference, mo
     np.testing.assert_array_equal(_stem(net), cached["stem.0.conv.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_download_with_a_wrong_md5_is_refused_and_nothing_is_kept(cache, keras_reference, monkeypatch):
     _serve(monkeypatch, keras_reference, md5="0" * 32)
     with pytest.raises(PretrainedError, match="expected 0{32}"):
@@ -58,6 +60,7 @@ def test_download_with_a_wrong_md5_is_refused_and_nothing_is_kept(cache, keras_r
     assert not cache.exists() or os.listdir(cache) == []
 
 
+@pytest.mark.slow
 def test_download_with_the_right_md5_is_converted_cached_and_loaded(cache, keras_reference, monkeypatch):
     _serve(monkeypatch, keras_reference)
     net = create_model("xception", pretrained=True)
@@ -66,6 +69,7 @@ def test_download_with_the_right_md5_is_converted_cached_and_loaded(cache, keras
     np.testing.assert_array_equal(net.classifier.weight.asnumpy(), cached["classifier.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_other_class_count_takes_the_notop_weights_and_keeps_a_new_head(cache, keras_reference, monkeypatch, caplog):
     _serve(monkeypatch, keras_reference, md5="0" * 32)  # the top file must not be used
     with caplog.at_level(logging.INFO):
@@ -76,6 +80,7 @@ def test_other_class_count_takes_the_notop_weights_and_keeps_a_new_head(cache, k
     np.testing.assert_array_equal(_stem(net), notop["stem.0.conv.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_unreachable_address_names_the_offline_fix(cache, keras_reference, monkeypatch):
     monkeypatch.setitem(default_cfgs["xception"], "url", (keras_reference / "absent.h5").as_uri())
     with pytest.raises(PretrainedError, match=f"could not download .*set {CACHE_ENV}"):
