@@ -53,8 +53,8 @@ def build(network: str, kind: str):
 
     import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv_xception import Xception
-    from mindcv_xception.fast import inference_network
-    from mindcv_xception.network import matmul_conv_switches, set_matmul_convs
+    from mindcv_xception.bn_folding import inference_network
+    from mindcv_xception.cpu_conv import matmul_conv_switches, set_matmul_convs
 
     if network.startswith("ours"):
         net = Xception(drop_rate=0.5)
@@ -99,7 +99,7 @@ def multiply_adds(network: str, size: int) -> int:
     import mindspore as ms
     from mindspore import nn
 
-    from mindcv_xception.network import set_matmul_convs
+    from mindcv_xception.cpu_conv import set_matmul_convs
 
     net = build(network, "train")
     net.set_train(False)

@@ -19,10 +19,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .fast import inference_network
+from .bn_folding import inference_network
+from .cpu_conv import set_matmul_convs
 from .inference import load_for_inference
 from .loading import CheckpointError
-from .network import set_matmul_convs
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 

@@ -21,7 +21,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .fast import inference_network
+from .bn_folding import inference_network
 from .loading import CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

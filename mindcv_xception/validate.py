@@ -9,11 +9,11 @@ import json
 import logging
 from typing import Dict, Optional, Sequence
 
+from .bn_folding import inference_network
 from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
-from .fast import inference_network
 from .loading import META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,25 @@ def images(batch: int, size: int, channels: int = 3, seed: int = 0) -> ms.Tensor
     return ms.Tensor(rng.uniform(-1, 1, (batch, channels, size, size)).astype(np.float32))
 
 
+def assert_close(actual, expected, rtol=1e-5):
+    """``actual`` equals ``expected`` to within ``rtol`` of the largest magnitude of ``expected``."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = np.abs(expected).max()
+    assert scale > 0
+    assert np.abs(actual - expected).max() <= rtol * scale, np.abs(actual - expected).max() / scale
+
+
+def randomise_batch_norms(net, seed: int = 1) -> None:
+    """Non-trivial BN statistics, gammas and betas, so folding them is really tested."""
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        if p.name.endswith(("moving_variance", "gamma")):
+            p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
+        elif p.name.endswith(("moving_mean", "beta")):
+            p.set_data(ms.Tensor(rng.normal(0.0, 0.5, p.shape).astype(np.float32)))
+
+
 def sample_photos():
     """Real photos shipped with scikit-image, as PIL images."""
     from PIL import Image

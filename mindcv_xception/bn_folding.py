@@ -3,7 +3,7 @@
 ``inference_network(net)`` is what validation, inference and export use. It returns a new,
 eval-mode copy of a (trained) ``Xception`` in which every BatchNorm is folded into the preceding
 convolution (weight scaled per output channel, a bias added), so a forward pass runs no BatchNorm
-at all. The result equals ``net`` in eval mode up to float rounding (tests/test_fast.py).
+at all. The result equals ``net`` in eval mode up to float rounding (tests/test_bn_folding.py).
 The trained network itself is left untouched.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .network import ConvBnRelu, MatmulConv2d, SepConvBn, Xception, XceptionBlock, matmul_conv_switches
+from .cpu_conv import MatmulConv2d, matmul_conv_switches
+from .network import ConvBnRelu, SepConvBn, Xception, XceptionBlock
 
 __all__ = ["inference_network", "fold_batch_norm"]
 

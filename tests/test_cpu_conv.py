@@ -1,6 +1,6 @@
-"""The fast paths compute what the plain network computes (GRAPH mode, small inputs).
+"""The CPU formulations (cpu_conv.py) compute what MindSpore's native convolutions compute (GRAPH mode).
 
-Exactness is "within 1e-5 of the output's largest magnitude": the fast paths sum the same
+Exactness is "within 1e-5 of the output's largest magnitude": the matmul formulations sum the same
 products in another order, nothing more. Timings are in benchmarks/bench.py, not here.
 """
 import mindspore as ms
@@ -9,35 +9,9 @@ import pytest
 from mindcv.models import create_model
 from mindspore import nn, ops
 
-from helpers import images
-from mindcv_xception import Xception, network
-from mindcv_xception.fast import fold_batch_norm, inference_network
-from mindcv_xception.network import (
-    XCEPTION_SMALL_WIDTHS,
-    MatmulConv2d,
-    SeparableConv2d,
-    depthwise_3x3_matmul,
-    matmul_conv_switches,
-    set_matmul_convs,
-)
-
-
-def assert_close(actual, expected, rtol=1e-5):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = np.abs(expected).max()
-    assert scale > 0
-    assert np.abs(actual - expected).max() <= rtol * scale, np.abs(actual - expected).max() / scale
-
-
-def randomise_batch_norms(net: nn.Cell, seed: int = 1) -> None:
-    """Non-trivial BN statistics, gammas and betas, so folding them is really tested."""
-    rng = np.random.default_rng(seed)
-    for p in net.get_parameters():
-        if p.name.endswith(("moving_variance", "gamma")):
-            p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
-        elif p.name.endswith(("moving_mean", "beta")):
-            p.set_data(ms.Tensor(rng.normal(0.0, 0.5, p.shape).astype(np.float32)))
+from helpers import assert_close, images, randomise_batch_norms
+from mindcv_xception import cpu_conv
+from mindcv_xception.cpu_conv import MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul, set_matmul_convs
 
 
 class Depthwise(nn.Cell):
@@ -49,7 +23,7 @@ class Depthwise(nn.Cell):
 @pytest.mark.parametrize("chunk_bytes", [None, 9 * 5 * 9 * 11 * 4], ids=["whole_batch", "one_image_chunks"])
 def test_depthwise_as_matmul_equals_grouped_conv(shape, chunk_bytes, monkeypatch):
     if chunk_bytes:
-        monkeypatch.setattr(network, "DEPTHWISE_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(cpu_conv, "DEPTHWISE_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
     conv = nn.Conv2d(shape[1], shape[1], 3, pad_mode="pad", padding=1, group=shape[1])
@@ -123,7 +97,7 @@ def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel
                          ids=["native", "matmul", "matmul_in_batch_chunks"])
 def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, images_per_chunk, monkeypatch):
     if images_per_chunk:  # chunks of 2, 1 images: the columns' budget of 2 images of (6, 10, 9)
-        monkeypatch.setattr(network, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
+        monkeypatch.setattr(cpu_conv, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, 10, 9)).astype(np.float32)
     g = rng.standard_normal((3, 5, 10, 9)).astype(np.float32)
@@ -162,77 +136,3 @@ def test_network_gradients_with_matmul_convs_equal_native_conv_gradients():
     for fast, plain in zip(*reversed(results)):
         # Float32 rounding accumulated over ~20 layers backwards; a wrong formulation is off by O(1).
         assert_close(fast, plain, rtol=1e-3)
-
-
-def test_fold_batch_norm_gives_the_eval_mode_batch_norm_of_the_conv():
-    rng = np.random.default_rng(0)
-    conv, bn = nn.Conv2d(3, 4, 3, pad_mode="valid"), nn.BatchNorm2d(4, eps=1e-3)
-    randomise_batch_norms(bn)
-    bn.set_train(False)
-    weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
-    x = ms.Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
-    folded = ops.conv2d(x, ms.Tensor(weight), ms.Tensor(bias))
-    assert_close(folded.asnumpy(), bn(conv(x)).asnumpy())
-
-
-@pytest.mark.parametrize("kwargs", [dict(num_classes=10), dict(num_classes=0, global_pool="max"),
-                                    dict(features_only=True, out_indices=(1, 4))])
-def test_inference_network_equals_eval_network_with_random_batch_norms(kwargs):
-    net = create_model("xception_small", **kwargs)
-    randomise_batch_norms(net)
-    net.set_train(False)
-    x = images(2, 83)
-    expected = net(x)
-    fast = inference_network(net)
-    actual = fast(x)
-    if kwargs.get("features_only"):
-        assert len(actual) == len(expected) == 2
-        for a, e in zip(actual, expected):
-            assert_close(a.asnumpy(), e.asnumpy())
-    else:
-        assert_close(actual.asnumpy(), expected.asnumpy())
-
-
-def test_inference_network_has_no_batch_norm_and_is_in_eval_mode():
-    net = create_model("xception_small", num_classes=3, drop_rate=0.5)
-    net.set_train(True)
-    fast = inference_network(net)
-    assert not any(isinstance(c, nn.BatchNorm2d) for _, c in fast.cells_and_names())
-    assert not fast.training
-    x = images(2, 71)
-    np.testing.assert_array_equal(fast(x).asnumpy(), fast(x).asnumpy())  # no dropout
-
-
-@pytest.mark.parametrize("as_matmul", [False, True])
-def test_inference_network_keeps_the_conv_formulation_of_the_network(as_matmul):
-    net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
-    set_matmul_convs(net, as_matmul)
-    flags = [getattr(cell, attribute) for _, cell, attribute in matmul_conv_switches(inference_network(net))]
-    assert len(flags) == 2 + 3 * 2 + 1 * 3 + 2 + 2 + 4  # stem, entry, middle, exit, tail; 4 shortcuts
-    assert set(flags) == {as_matmul}
-
-
-def test_inference_network_leaves_the_trained_network_untouched():
-    net = create_model("xception_small", num_classes=3)
-    randomise_batch_norms(net)
-    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
-    inference_network(net)
-    after = {p.name: p.asnumpy() for p in net.get_parameters()}
-    assert before.keys() == after.keys()
-    assert all(np.array_equal(before[n], after[n]) for n in before)
-    assert sum(isinstance(c, nn.BatchNorm2d) for _, c in net.cells_and_names()) == 2 + 4 + 6 + 24 + 2 + 2
-
-
-def test_inference_network_follows_a_reset_classifier():
-    net = create_model("xception_small", num_classes=1000)
-    net.reset_classifier(5, global_pool="max")
-    net.set_train(False)
-    x = images(1, 71)
-    assert_close(inference_network(net)(x).asnumpy(), net(x).asnumpy())
-
-
-def test_inference_network_refuses_other_networks():
-    with pytest.raises(TypeError, match="Xception"):
-        inference_network(nn.Dense(2, 2))
-    assert isinstance(inference_network(Xception(widths=create_model("xception_small").init_kwargs["widths"],
-                                                 num_classes=2)), Xception)
