@@ -16,6 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+# Evaluation crop: resize the shorter side to 299 / 0.8975 = 333 px, then center-crop 299 (timm's
+# Xception ratio). The default of the recipes, of the models' metadata and of inference (``crop_pct``).
+CROP_PCT = 0.8975
+
 
 class ConfigError(ValueError):
     """A recipe or command-line value that is not valid."""
@@ -54,7 +58,7 @@ OPTIONS: List[Option] = [
     O("batch_size", "int", 32, "per-device batch size"),
     O("drop_remainder", "bool", True, "drop the last incomplete training batch"),
     O("image_resize", "int", 299, "network input size (Xception: 299, at least 71)"),
-    O("crop_pct", "float", 0.8975, "validation: resize the shorter side to image_resize / crop_pct, center-crop"),
+    O("crop_pct", "float", CROP_PCT, "validation: resize the shorter side to image_resize / crop_pct, center-crop"),
     O("interpolation", "str", "bicubic", "resize interpolation", ("bilinear", "bicubic", "nearest", "area")),
     O("scale", "list[float]", [0.08, 1.0], "random-resized-crop area range"),
     O("ratio", "list[float]", [0.75, 1.333], "random-resized-crop aspect range"),

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from .checkpoint import epoch_files
+
 RECIPE = "configs/xception/xception_cpu.yaml"
 DATA = "data/digits"
 RUN = "runs/xception_cpu"
@@ -34,7 +36,7 @@ def write_data(data: str, per_class: int = 0) -> None:
 
     An interrupted write leaves no ``data`` folder, so the next run writes it again.
     """
-    from .digits import make_digits_folder
+    from .digits import make_digits_folder  # imported when needed: it loads scikit-learn
 
     partial = data.rstrip("/\\") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -64,7 +66,7 @@ def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN, per_class: int = 
     train = ["train.py", "--config", RECIPE, "--data_dir", data, "--ckpt_save_dir", run_dir]
     if epochs:
         train += ["--epoch_size", str(epochs)]
-    if glob.glob(os.path.join(run_dir, "*-e*.ckpt")):
+    if epoch_files(run_dir):
         print(f"{run_dir} holds checkpoints of an earlier run: resuming it")
         train.append("--resume")
     _run(train)

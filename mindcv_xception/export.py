@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .atomic import atomic_output
 from .bn_folding import inference_network
+from .cli import run_cli
 from .cpu_conv import set_matmul_convs
 from .inference import load_for_inference
-from .loading import CheckpointError
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
@@ -53,15 +53,10 @@ def export_checkpoint(ckpt_path: str, file_format: str = "MINDIR", output: Optio
     if base.lower().endswith(EXTENSIONS[file_format]):
         base = base[: -len(EXTENSIONS[file_format])]
     target = base + EXTENSIONS[file_format]
-    tmp_base = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(base)}.{os.getpid()}.tmp")
-    tmp = tmp_base + EXTENSIONS[file_format]
     dummy = ms.Tensor(np.zeros((batch_size, net.in_channels, size, size), np.float32))
-    try:
-        ms.export(net, dummy, file_name=tmp_base, file_format=file_format)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # the temporary name keeps the extension, so MindSpore does not append another
+    with atomic_output(target, suffix=EXTENSIONS[file_format]) as tmp:
+        ms.export(net, dummy, file_name=tmp, file_format=file_format)
     return target
 
 
@@ -77,11 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         path = export_checkpoint(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,
                                  args.model, args.num_classes)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+        print(f"wrote {path}")
+        return 0
+
+    return run_cli(run)

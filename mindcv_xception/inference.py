@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import mindspore as ms
@@ -22,10 +21,12 @@ import numpy as np
 from mindspore import nn
 
 from .bn_folding import inference_network
+from .cli import run_cli
+from .config import CROP_PCT
 from .loading import CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-DEFAULT_CROP_PCT = 0.8975
+DEFAULT_CROP_PCT = CROP_PCT
 
 
 class ImageError(ValueError):
@@ -166,7 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         paths = collect_images(args.images)
         if not paths:
             raise ImageError(f"no image files in {', '.join(args.images)}")
@@ -180,14 +182,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = class_names_for(meta, meta["num_classes"])
         net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
         results = classify(net, paths, names, image_size, crop_pct, args.top_k)
-    except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"], "results": results}, indent=1))
-    else:
-        for result in results:
-            print(result["image"])
-            for rank, entry in enumerate(result["top"], 1):
-                print(f"  {rank}. {entry['probability']:.4f}  {entry['name']}  ({entry['index']})")
-    return 0
+        if args.json:
+            print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"], "results": results}, indent=1))
+        else:
+            for result in results:
+                print(result["image"])
+                for rank, entry in enumerate(result["top"], 1):
+                    print(f"  {rank}. {entry['probability']:.4f}  {entry['name']}  ({entry['index']})")
+        return 0
+
+    return run_cli(run)

@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 from mindcv.models.registry import register_model
 
+from .config import CROP_PCT
 from .network import XCEPTION_SMALL_WIDTHS, XCEPTION_WIDTHS, Xception
 
 __all__ = ["xception", "xception_small", "default_cfgs"]
@@ -23,8 +24,7 @@ def _cfg(param_count: int, **kwargs: Any) -> Dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 299, 299),
         "min_input_size": (3, 71, 71),
-        # Resize the shorter side to 299 / 0.8975 = 333 px, then center-crop 299 (timm's Xception ratio).
-        "crop_pct": 0.8975,
+        "crop_pct": CROP_PCT,
         "interpolation": "bicubic",
         # The Keras weights expect x / 127.5 - 1, i.e. (x / 255 - 0.5) / 0.5.
         "mean": (0.5, 0.5, 0.5),
@@ -55,9 +55,9 @@ def _build(name: str, widths, pretrained: bool, num_classes: int, in_channels: i
     kwargs.pop("checkpoint_path", None)
     model = Xception(num_classes=num_classes, in_channels=in_channels, widths=widths, **kwargs)
     if pretrained:
-        from .weights import load_pretrained  # imported lazily: it pulls in h5py and the converter
+        from .weights import load_pretrained  # imported when needed: it brings the converter
 
-        load_pretrained(model, name, num_classes=num_classes, in_channels=in_channels)
+        load_pretrained(model, name, default_cfgs[name], num_classes=num_classes, in_channels=in_channels)
     return model
 
 

@@ -70,6 +70,22 @@ def test_demo_data_interrupted_mid_write_leaves_no_folder_and_is_written_whole_n
     assert len(list(data.glob("*/*/*.png"))) == 50 and not (tmp_path / "data" / "digits.partial").exists()
 
 
+def test_demo_resumes_only_when_a_complete_epoch_checkpoint_exists(tmp_path, monkeypatch):
+    from mindcv_xception import demo
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "xception_small-e0001.ckpt.tmp-99.ckpt").write_bytes(b"cut")  # killed during the first write
+    commands = []
+    monkeypatch.setattr(demo, "_run", commands.append)  # the scripts are not run
+    demo.run(data=str(tmp_path / "digits"), run_dir=str(run_dir), per_class=2)
+    assert commands[0][0] == "train.py" and "--resume" not in commands[0]  # the old demo passed --resume
+    (run_dir / "xception_small-e0001.ckpt").write_bytes(b"")
+    commands.clear()
+    demo.run(data=str(tmp_path / "digits"), run_dir=str(run_dir), per_class=2)
+    assert commands[0][-1] == "--resume"
+
+
 @pytest.mark.slow
 def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
