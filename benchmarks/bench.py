@@ -35,8 +35,15 @@ DEFAULT_CASES = "infer_299_b8,infer_299_b32,train_299_b8,train_96_b32"
 NETWORKS = ("ours", "mindcv")
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
-# shortcut convs still as matmuls; and, for inference, without BatchNorm folding.
+# shortcut convs still as matmuls; and, for inference only, without BatchNorm folding (training never
+# folds: there it would be ``ours`` timed twice).
 EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_unfolded_bn")
+INFERENCE_ONLY = ("ours_unfolded_bn",)
+
+
+def runs(network: str, case: str) -> bool:
+    """Whether ``network`` is timed in ``case`` (the inference-only variants are not in training cases)."""
+    return not (network in INFERENCE_ONLY and parse_case(case)[0] == "train")
 
 
 def parse_case(name: str) -> Tuple[str, int, int]:
@@ -149,7 +156,7 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
     """Interleaved timing of every case on both networks plus the matmul ceiling."""
     steps, compile_s = {}, {}
     for case in cases:
-        for network in networks:
+        for network in (n for n in networks if runs(n, case)):
             steps[case, network] = make_step(network, case)
             compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
     mm, mm_flops = matmul_step()
@@ -176,7 +183,7 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
                                                             min(times[case, "mindcv"]))],
             "macs_per_image_G": round(macs[size]["ours"] / 1e9, 3),
         }
-        for extra in networks[len(NETWORKS):]:
+        for extra in (n for n in networks[len(NETWORKS):] if runs(n, case)):
             img_s = batch / float(np.median(times[case, extra]))
             results[case][f"{extra}_img_s"] = round(img_s, 3)
             results[case][f"{extra}_ratio"] = round(img_s / theirs, 3)

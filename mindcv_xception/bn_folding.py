@@ -1,6 +1,7 @@
-"""The fast inference network: BatchNorm folded into the convolution before it.
+"""BatchNorm folded into the convolution before it: the faster network for validation, inference, export.
 
-``inference_network(net)`` is what validation, inference and export use. It returns a new,
+``inference_network(net)`` is what ``validate.py``, ``infer.py`` and ``export.py`` run (validation
+during training runs the training network, or its EMA copy, in eval mode, unfolded). It returns a new,
 eval-mode copy of a (trained) ``Xception`` in which every BatchNorm is folded into the preceding
 convolution (weight scaled per output channel, a bias added), so a forward pass runs no BatchNorm
 at all. The result equals ``net`` in eval mode up to float rounding (tests/test_bn_folding.py).

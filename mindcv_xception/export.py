@@ -29,7 +29,7 @@ EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
 def build_export_network(ckpt_path: str, model: Optional[str] = None,
                          num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
-    """The network to export, in eval mode, float32. The one place to swap in a faster inference network."""
+    """The network to export: eval mode, BatchNorm folded, MindSpore's native conv kernels, float32."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
     net = inference_network(net)  # BatchNorm folded into the convs: the same outputs, faster
     set_matmul_convs(net, False)  # the native conv kernels: ONNX has no Im2Col, Ascend/GPU run their own

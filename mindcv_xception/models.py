@@ -1,9 +1,9 @@
 """Builder functions for the registered names, registered in mindcv's model registry.
 
 ``import mindcv_xception`` runs this module, so ``mindcv.models.create_model('xception')`` builds our
-network. Our ``xception`` deliberately replaces mindcv 0.3.0's own entry: that one uses BatchNorm
-eps 1e-5, conv biases-free but otherwise differently named layers, and cannot reproduce the official
-Keras weights.
+network. Our ``xception`` deliberately replaces mindcv 0.3.0's own entry: that one names its layers
+differently and uses BatchNorm eps 1e-5 (Keras: 1e-3), so the official Keras weights cannot give
+Keras's outputs in it (its checkpoints convert to ours: ``convert mindcv``).
 """
 from __future__ import annotations
 
