@@ -6,12 +6,14 @@ to one shape and the padding masked out, then the sums are added across ranks.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Dict
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+from tqdm import tqdm
 
 from .distributed import Runtime, all_reduce_sum
 
@@ -51,8 +53,12 @@ class Evaluator:
         dataset, source = val_dataset(folder, cfg, self.runtime.rank, self.runtime.world)
         totals = np.zeros(4, np.float64)
         start = time.time()
-        for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
-            totals += np.array([float(v.asnumpy()) for v in self.step(images, labels, valid)])
+        # a progress bar in images (padding included) and images/s, on rank 0 and a terminal only (not in logs)
+        with tqdm(total=dataset.get_dataset_size(), desc="validation", unit="img", unit_scale=cfg.batch_size,
+                  file=sys.stderr, disable=not (self.runtime.is_main and sys.stderr.isatty())) as bar:
+            for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
+                totals += np.array([float(v.asnumpy()) for v in self.step(images, labels, valid)])
+                bar.update(1)
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:

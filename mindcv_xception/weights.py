@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
+import sys
+import time
 import urllib.parse
 import urllib.request
 from typing import Any, Mapping, Optional
@@ -50,15 +51,34 @@ def file_md5(path: str) -> str:
     return digest.hexdigest()
 
 
+def _copy_with_progress(response, out, name: str) -> int:
+    """Copy ``response`` to ``out`` in 1 MB chunks, with a progress bar (size, rate) on a terminal only."""
+    from tqdm import tqdm  # installed with mindcv
+
+    size = int(response.headers.get("Content-Length") or 0) or None
+    copied = 0
+    with tqdm(total=size, desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
+            copied += len(chunk)
+    return copied
+
+
 def download(url: str, dst: str, md5: Optional[str] = None) -> str:
     """Fetch ``url`` (http(s), ``file://`` or a plain path) to ``dst`` through ``atomic_output``; with
-    ``md5``, a file with another checksum is deleted and refused."""
+    ``md5``, a file with another checksum is deleted and refused.
+
+    A terminal shows a progress bar with the rate; the size, time and rate are logged at the end.
+    """
     folder = os.path.dirname(os.path.abspath(dst))
     opened = url if urllib.parse.urlparse(url).scheme else "file://" + urllib.request.pathname2url(os.path.abspath(url))
     with atomic_output(dst, suffix=".part") as tmp:
+        start = time.monotonic()
         try:
             with urllib.request.urlopen(opened, timeout=60) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
+                copied = _copy_with_progress(response, out, os.path.basename(dst))
         except (OSError, ValueError) as exc:  # URLError is an OSError
             raise PretrainedError(f"could not download {url}: {getattr(exc, 'reason', exc)}; on an offline machine "
                                   f"put {os.path.basename(dst)} in {folder} (set {CACHE_ENV})") from None
@@ -67,6 +87,9 @@ def download(url: str, dst: str, md5: Optional[str] = None) -> str:
             if got != md5:
                 raise PretrainedError(f"{url} has md5 {got}, expected {md5}: a corrupt or wrong download; "
                                       f"nothing was kept, try again")
+    seconds = max(time.monotonic() - start, 1e-6)
+    logger.info("Downloaded %s: %.1f MB in %.1f s (%.1f MB/s)", os.path.basename(dst), copied / 1e6, seconds,
+                copied / 1e6 / seconds)
     return dst
 
 

@@ -2,9 +2,12 @@
 
 No network: the "download" is a file:// URL to Keras-layout files made by tests/keras_reference.py.
 """
+import io
 import logging
 import os
 import pathlib
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from mindcv.models import create_model
 from mindcv_xception.convert import convert_keras
 from mindcv_xception.loading import read_checkpoint
 from mindcv_xception.models import default_cfgs
-from mindcv_xception.weights import CACHE_ENV, PretrainedError, file_md5
+from mindcv_xception.weights import CACHE_ENV, PretrainedError, download, file_md5
 
 
 @pytest.fixture
@@ -41,6 +44,23 @@ def test_the_official_address_and_checksums_are_registered():
     cfg = default_cfgs["xception"]
     assert cfg["url"].endswith("keras-applications/xception/xception_weights_tf_dim_ordering_tf_kernels.h5")
     assert cfg["md5"] == "0a58e3b7378bc2990ea3b43d5981f1f6" and cfg["md5_notop"] == "b0042744bf5b25fce3cb969f33bebb97"
+
+
+def test_download_shows_its_progress_and_rate_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "official.h5"
+    src.write_bytes(os.urandom(3 << 20))
+    download(src.as_uri(), str(tmp_path / "quiet" / "w.h5"))
+    assert capsys.readouterr().err == ""  # logs and CI: no progress bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    download(src.as_uri(), str(tmp_path / "shown" / "w.h5"))
+    shown = terminal.getvalue()
+    assert "w.h5" in shown and "3.00M/3.00M" in shown and re.search(r"[\d.]+[kMG]?B/s", shown), shown
 
 
 @pytest.mark.slow
