@@ -1,4 +1,7 @@
-"""Top-5 classes of images with an Xception checkpoint: ``python infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``."""
+"""Top-5 classes of images with an Xception checkpoint.
+
+    python infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]
+"""
 import sys
 
 import mindspore as ms

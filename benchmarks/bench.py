@@ -53,8 +53,15 @@ ASCEND_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
                              "xception_ascend.yaml")
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
-# shortcut convs still as matmuls; and, for inference, without BatchNorm folding.
+# shortcut convs still as matmuls; and, for inference only, without BatchNorm folding (training never
+# folds: there it would be ``ours`` timed twice).
 EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_unfolded_bn")
+INFERENCE_ONLY = ("ours_unfolded_bn",)
+
+
+def runs(network: str, case: str) -> bool:
+    """Whether ``network`` is timed in ``case`` (ONNX Runtime and the inference-only variants infer only)."""
+    return not (network in INFERENCE_ONLY + ("onnxruntime",) and parse_case(case)[0] == "train")
 
 
 def parse_case(name: str) -> Tuple[str, int, int]:
@@ -67,11 +74,12 @@ def parse_case(name: str) -> Tuple[str, int, int]:
 
 def build(network: str, kind: str):
     """The network under test, eval-mode for inference."""
-    import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv.models.xception import Xception as MindcvXception
+
+    import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv_xception import Xception
-    from mindcv_xception.fast import inference_network
-    from mindcv_xception.network import matmul_conv_switches, set_matmul_convs
+    from mindcv_xception.bn_folding import inference_network
+    from mindcv_xception.cpu_conv import matmul_conv_switches, set_matmul_convs
 
     if network.startswith("ours"):
         net = Xception(drop_rate=0.5)
@@ -106,11 +114,6 @@ def available_networks(cases: List[str], requested: str = "") -> Tuple[str, ...]
         raise SystemExit(f"unknown network(s) {sorted(unknown)}: choose from {', '.join(NETWORKS + ANCHORS + EXTRA)}")
     missing = {"torch": "torch", "torch_cl": "torch", "onnxruntime": "onnxruntime"}
     return tuple(n for n in names if n not in missing or installed(missing[n]))
-
-
-def applies(network: str, case: str) -> bool:
-    """ONNX Runtime runs inference cases only."""
-    return network != "onnxruntime" or case.startswith("infer")
 
 
 def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
@@ -199,7 +202,8 @@ def multiply_adds(network: str, size: int) -> int:
     """
     import mindspore as ms
     from mindspore import nn
-    from mindcv_xception.network import set_matmul_convs
+
+    from mindcv_xception.cpu_conv import set_matmul_convs
 
     net = build(network, "train")
     net.set_train(False)
@@ -249,10 +253,9 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
     """Interleaved timing of every case on every network plus the matmul ceiling."""
     steps, compile_s = {}, {}
     for case in cases:
-        for network in networks:
-            if applies(network, case):
-                steps[case, network] = make_step(network, case)
-                compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
+        for network in (n for n in networks if runs(n, case)):
+            steps[case, network] = make_step(network, case)
+            compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
     mm, mm_flops = matmul_step()
     mm()
     times = {key: [] for key in steps}

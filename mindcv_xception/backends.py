@@ -172,7 +172,7 @@ def predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, backend: str = 
         else:
             logger.info("Inference backend: ONNX Runtime %s (CPU), %s", onnxruntime.__version__, result.path)
             return result
-    from .fast import inference_network
+    from .bn_folding import inference_network
 
     logger.info("Inference backend: MindSpore %s (%s)%s", ms.__version__, ms.get_context("device_target"),
                 "" if backend == "mindspore" else "; pip install onnxruntime for the faster CPU backend"

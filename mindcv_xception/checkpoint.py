@@ -18,10 +18,24 @@ from typing import Dict, List, Optional, Tuple, Union
 import mindspore as ms
 from mindspore import nn
 
+from .atomic import TMP_MARK, atomic_output, temporary_path
 from .loading import META_KEY, CheckpointError, checkpoint_meta, named_parameters, read_checkpoint
 
 logger = logging.getLogger(__name__)
 _EPOCH_FILE = re.compile(r"-e(\d{4,})\.ckpt$")
+
+
+def epoch_files(run_dir: str) -> List[Tuple[int, str]]:
+    """(epoch, path) of the epoch checkpoints (``<model>-e0001.ckpt``) in ``run_dir``, oldest first.
+
+    Temporary files of an interrupted write are not epoch checkpoints.
+    """
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "*.ckpt")):
+        match = _EPOCH_FILE.search(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def training_state(step_cell: nn.Cell, network: nn.Cell) -> Dict[str, ms.Parameter]:
@@ -44,22 +58,15 @@ def training_state(step_cell: nn.Cell, network: nn.Cell) -> Dict[str, ms.Paramet
 
 
 def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta: Dict[str, object]) -> None:
-    """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}.ckpt"  # MindSpore appends .ckpt to any other name
+    """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file, fsynced and renamed."""
     if isinstance(state, dict):
         state = [{"name": name, "data": param} for name, param in state.items()]
-    try:
+    with atomic_output(path, suffix=".ckpt") as tmp:  # MindSpore appends .ckpt to any other name
         ms.save_checkpoint(state, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _link_atomic(target: str, link: str) -> None:
-    tmp = f"{link}.tmp-{os.getpid()}"
+    tmp = temporary_path(link)
     if os.path.exists(tmp):
         os.remove(tmp)
     os.link(target, tmp)
@@ -77,7 +84,7 @@ class CheckpointManager:
     def __init__(self, run_dir: str, model_name: str, keep_max: int = 5, policy: str = "latest_k") -> None:
         self.run_dir, self.model_name, self.keep_max, self.policy = run_dir, model_name, max(1, keep_max), policy
         os.makedirs(run_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(run_dir, "*.tmp-*")):  # left by a kill during a write
+        for stale in glob.glob(os.path.join(run_dir, f"*{TMP_MARK}*")):  # left by a kill during a write
             os.remove(stale)
 
     @property
@@ -93,12 +100,7 @@ class CheckpointManager:
 
     def epoch_files(self) -> List[Tuple[int, str]]:
         """The epoch checkpoints on disk, oldest first (read from the folder, so it survives restarts)."""
-        found = []
-        for path in glob.glob(os.path.join(self.run_dir, "*.ckpt")):
-            match = _EPOCH_FILE.search(os.path.basename(path))
-            if match:
-                found.append((int(match.group(1)), path))
-        return sorted(found)
+        return epoch_files(self.run_dir)
 
     def save(self, state: Union[nn.Cell, Dict[str, ms.Parameter]], epoch: int, meta: Dict[str, object],
              is_best: bool = False, score: Optional[float] = None) -> Optional[str]:

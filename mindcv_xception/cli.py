@@ -31,6 +31,7 @@ def run_cli(fn: Callable[[], int]) -> int:
 def main_train(argv: Optional[Sequence[str]] = None) -> int:
     """``train.py``: train (or resume) from a recipe."""
     import mindcv_xception  # noqa: F401  (registers the models)
+
     from .trainer import train
 
     def run() -> int:

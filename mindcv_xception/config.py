@@ -16,6 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+# Evaluation crop: resize the shorter side to 299 / 0.8975 = 333 px, then center-crop 299 (timm's
+# Xception ratio). The default of the recipes, of the models' metadata and of inference (``crop_pct``).
+CROP_PCT = 0.8975
+
 
 class ConfigError(ValueError):
     """A recipe or command-line value that is not valid."""
@@ -33,11 +37,12 @@ class Option:
     nullable: bool = False
 
 
-O = Option
+O = Option  # noqa: E741  (a one-letter alias keeps the table below readable)
 OPTIONS: List[Option] = [
     # system
     O("mode", "int", 0, "0: graph mode (compiled), 1: pynative (eager)", (0, 1)),
-    O("jit_level", "str", "O1", "graph compile level; O2 exists on Ascend only, others fall back to O1", ("O0", "O1", "O2")),
+    O("jit_level", "str", "O1", "graph compile level; O2 exists on Ascend only, others fall back to O1",
+      ("O0", "O1", "O2")),
     O("device_target", "str", "auto", "auto picks Ascend, else GPU, else CPU", ("auto", "Ascend", "GPU", "CPU")),
     O("distribute", "bool", False, "data parallel across the processes started by msrun"),
     O("seed", "int", 42, "seed of weights, data order and augmentation (the same on every rank)"),
@@ -54,7 +59,7 @@ OPTIONS: List[Option] = [
     O("batch_size", "int", 32, "per-device batch size"),
     O("drop_remainder", "bool", True, "drop the last incomplete training batch"),
     O("image_resize", "int", 299, "network input size (Xception: 299, at least 71)"),
-    O("crop_pct", "float", 0.8975, "validation: resize the shorter side to image_resize / crop_pct, center-crop"),
+    O("crop_pct", "float", CROP_PCT, "validation: resize the shorter side to image_resize / crop_pct, center-crop"),
     O("interpolation", "str", "bicubic", "resize interpolation", ("bilinear", "bicubic", "nearest", "area")),
     O("scale", "list[float]", [0.08, 1.0], "random-resized-crop area range"),
     O("ratio", "list[float]", [0.75, 1.333], "random-resized-crop aspect range"),
@@ -110,7 +115,8 @@ OPTIONS: List[Option] = [
     O("loss", "str", "CE", "loss (mindcv create_loss)", ("CE", "BCE")),
     O("label_smoothing", "float", 0.0, "label smoothing"),
     O("reduction", "str", "mean", "loss reduction over the batch", ("mean", "sum")),
-    O("amp_level", "str", "O0", "mixed precision: O0 fp32, O1 convs fp16, O2 all but BatchNorm fp16, O3 all fp16 (slow on CPU)", ("O0", "O1", "O2", "O3")),
+    O("amp_level", "str", "O0", "mixed precision: O0 fp32, O1 convs fp16, O2 all but BatchNorm fp16, O3 all fp16 "
+      "(slow on CPU)", ("O0", "O1", "O2", "O3")),
     O("loss_scale", "float", 1.0, "loss scale (initial value when dynamic); the gradients are divided by it once"),
     O("loss_scale_type", "str", "fixed", "fixed, or dynamic (skips overflowed steps, halves the scale)",
       ("fixed", "dynamic")),

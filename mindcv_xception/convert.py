@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import mindspore as ms
 import numpy as np
 
+from .atomic import atomic_output
 from .keras_weights import KerasWeightsError, keras_num_classes, map_layers, read_keras_layers
 from .loading import META_KEY, CheckpointError, load_weights, read_checkpoint
 from .network import XCEPTION_WIDTHS, Xception
@@ -37,19 +38,12 @@ def _shapes(num_classes: int) -> Dict[str, Tuple[int, ...]]:
 
 
 def save_converted(params: Dict[str, np.ndarray], meta: Dict[str, object], dst: str) -> None:
-    """Load ``params`` strictly into our network and save it with ``meta``, atomically (temp file + rename)."""
+    """Load ``params`` strictly into our network and save it with ``meta``, atomically (``atomic_output``)."""
     net = _target(int(meta["num_classes"]), float(meta.get("bn_eps", 1e-3)))
     load_weights(net, params, source=str(meta.get("source", "converted weights")))
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
     # MindSpore appends ".ckpt" to names without it: the temporary name keeps the suffix
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.tmp.ckpt")
-    try:
+    with atomic_output(dst, suffix=".ckpt") as tmp:
         ms.save_checkpoint(net, tmp, append_dict={META_KEY: json.dumps(meta)})
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def keras_meta(num_classes: int, source: str) -> Dict[str, object]:
@@ -83,7 +77,8 @@ def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[s
     return map_layers(found, _shapes(num_classes), src), num_classes
 
 
-def convert_keras(src: str, dst: str, num_classes: Optional[int] = None, source: Optional[str] = None) -> Dict[str, object]:
+def convert_keras(src: str, dst: str, num_classes: Optional[int] = None,
+                  source: Optional[str] = None) -> Dict[str, object]:
     """Convert a Keras Xception weight file (``.h5`` or ``.weights.h5``) to our checkpoint; returns its metadata."""
     params, num_classes = keras_to_params(src, num_classes)
     meta = keras_meta(num_classes, source or f"keras:{os.path.basename(src)}")
@@ -161,6 +156,8 @@ def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dic
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Command line: ``keras|mindcv SRC DST [--num_classes N]``; one-line errors, exit code 2."""
+    from .cli import run_cli  # not at the top: weights.py imports this module, and cli reaches models
+
     parser = argparse.ArgumentParser(prog="python -m mindcv_xception.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source_format", choices=["keras", "mindcv"], help="where SRC comes from")
     parser.add_argument("src", help="Keras .h5 / .weights.h5, or mindcv .ckpt")
@@ -168,14 +165,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num_classes", type=int, default=None,
                         help="class count of the target network (default: the file's; 0 drops the head)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         convert = convert_keras if args.source_format == "keras" else convert_mindcv
         meta = convert(args.src, args.dst, num_classes=args.num_classes)
-    except (KerasWeightsError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.dst}: xception, {meta['num_classes']} classes (from {meta['source']})")
-    return 0
+        print(f"wrote {args.dst}: xception, {meta['num_classes']} classes (from {meta['source']})")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import time
 from typing import Optional, Sequence
+
+from .checkpoint import epoch_files
 
 RECIPE = "configs/xception/xception_cpu.yaml"
 DATA = "data/digits"
@@ -26,6 +29,20 @@ def _run(args: list) -> None:
     code = subprocess.call([sys.executable, *args])
     if code != 0:
         sys.exit(f"demo: `python {' '.join(args)}` failed with exit code {code}")
+
+
+def write_data(data: str, per_class: int = 0) -> None:
+    """Write the digits folder whole or not at all: into ``<data>.partial``, renamed when complete.
+
+    An interrupted write leaves no ``data`` folder, so the next run writes it again.
+    """
+    from .digits import make_digits_folder  # imported when needed: it loads scikit-learn
+
+    partial = data.rstrip("/\\") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    counts = make_digits_folder(partial, size=72, val_fraction=0.2, per_class=per_class or None)
+    os.replace(partial, data)
+    print(f"wrote {counts['train']} training and {counts['val']} validation digit images to {data}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -43,14 +60,13 @@ def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN, per_class: int = 
     """Write the data if missing, train (or resume), validate and predict a few held-out images."""
     start = time.time()
     if not os.path.isdir(os.path.join(data, "val")):
-        from .digits import make_digits_folder
-
-        counts = make_digits_folder(data, size=72, val_fraction=0.2, per_class=per_class or None)
-        print(f"wrote {counts['train']} training and {counts['val']} validation digit images to {data}")
+        if os.path.exists(data):
+            sys.exit(f"demo: {data} exists but holds no val/ folder; delete it to have the digits written again")
+        write_data(data, per_class)
     train = ["train.py", "--config", RECIPE, "--data_dir", data, "--ckpt_save_dir", run_dir]
     if epochs:
         train += ["--epoch_size", str(epochs)]
-    if glob.glob(os.path.join(run_dir, "*-e*.ckpt")):
+    if epoch_files(run_dir):
         print(f"{run_dir} holds checkpoints of an earlier run: resuming it")
         train.append("--resume")
     _run(train)

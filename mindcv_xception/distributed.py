@@ -14,7 +14,7 @@ from typing import Optional
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     for device in ("Ascend", "GPU"):
-        if _quietly(lambda: ms.hal.is_available(device)):
+        if _quietly(ms.hal.is_available, device):
             return device
     return "CPU"
 
 
-def _quietly(query) -> bool:
+def _quietly(query, *args) -> bool:
     """Run a device query with the C++ library's stderr chatter (missing Ascend libraries) silenced."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -55,7 +55,7 @@ def _quietly(query) -> bool:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             try:
-                return bool(query())
+                return bool(query(*args))
             except Exception:  # a build without that backend cannot even be asked
                 return False
     finally:
@@ -99,16 +99,7 @@ def setup_runtime(mode: int = 0, device_target: str = "auto", jit_level: str = "
     return Runtime(device, level, rank, world)
 
 
-class _AllReduceSum(nn.Cell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reduce = ops.AllReduce()
-
-    def construct(self, x):
-        return self.reduce(x)
-
-
-_reducer: Optional[_AllReduceSum] = None
+_reducer: Optional[nn.Cell] = None
 
 
 def all_reduce_sum(values: np.ndarray, runtime: Runtime) -> np.ndarray:
@@ -118,5 +109,7 @@ def all_reduce_sum(values: np.ndarray, runtime: Runtime) -> np.ndarray:
         return values
     global _reducer
     if _reducer is None:
-        _reducer = _AllReduceSum()
+        from mindcv.utils import AllReduceSum  # an AllReduce(SUM) cell
+
+        _reducer = AllReduceSum()
     return _reducer(ms.Tensor(values)).asnumpy()

@@ -6,12 +6,14 @@ to one shape and the padding masked out, then the sums are added across ranks.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Callable, Dict, Optional, Union
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+from tqdm import tqdm
 
 from .distributed import Runtime, all_reduce_sum
 from .preprocessing import Preprocessing
@@ -82,11 +84,15 @@ class Evaluator:
         totals = np.zeros(4, np.float64)
         kept = []
         start = time.time()
-        for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
-            *sums, logits = self.step(images, labels, valid)
-            totals += np.array([float(_numpy(v)) for v in sums])
-            if keep_logits:
-                kept.append(_numpy(logits)[valid.asnumpy() > 0])
+        # a progress bar in images (padding included) and images/s, on rank 0 and a terminal only (not in logs)
+        with tqdm(total=dataset.get_dataset_size(), desc="validation", unit="img", unit_scale=cfg.batch_size,
+                  file=sys.stderr, disable=not (self.runtime.is_main and sys.stderr.isatty())) as bar:
+            for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
+                *sums, logits = self.step(images, labels, valid)
+                totals += np.array([float(_numpy(v)) for v in sums])
+                if keep_logits:
+                    kept.append(_numpy(logits)[valid.asnumpy() > 0])
+                bar.update(1)
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .cli import log_to_stderr
-from .fast import inference_network
+from .atomic import atomic_output
+from .bn_folding import inference_network
+from .cli import log_to_stderr, run_cli
+from .cpu_conv import set_matmul_convs
 from .inference import checkpoint_preprocessing, load_for_inference
-from .network import set_matmul_convs
-from .loading import CheckpointError
 from .preprocessing import Preprocessing
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -43,24 +42,17 @@ def exportable_network(net: nn.Cell) -> nn.Cell:
 
 def build_export_network(ckpt_path: str, model: Optional[str] = None,
                          num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
-    """The network to export, in eval mode, float32. The one place to swap in a faster inference network."""
+    """The network to export: eval mode, BatchNorm folded, MindSpore's native conv kernels, float32."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
     return exportable_network(net), meta
 
 
 def write_model(net: nn.Cell, target: str, file_format: str, image_size: int, batch_size: int = 1) -> None:
     """``ms.export`` ``net`` for a static ``batch_size`` x channels x ``image_size``^2 input to ``target``, atomically."""
-    extension = EXTENSIONS[file_format]
-    base = target[: -len(extension)]
-    tmp_base = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(base)}.{os.getpid()}.tmp")
-    tmp = tmp_base + extension
     dummy = ms.Tensor(np.zeros((batch_size, net.in_channels, image_size, image_size), np.float32))
-    try:
-        ms.export(net, dummy, file_name=tmp_base, file_format=file_format)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # the temporary name keeps the extension, so MindSpore does not append another
+    with atomic_output(target, suffix=EXTENSIONS[file_format]) as tmp:
+        ms.export(net, dummy, file_name=tmp, file_format=file_format)
 
 
 def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
@@ -93,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="export.py", description="Export an Xception checkpoint (MINDIR or ONNX).")
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
-    parser.add_argument("--output", default=None, help="output name without extension (default: next to the checkpoint)")
+    parser.add_argument("--output", default=None,
+                        help="output name without extension (default: next to the checkpoint)")
     parser.add_argument("--image_size", type=int, default=None,
                         help="static input size (default: the checkpoint's recorded image_size)")
     parser.add_argument("--batch_size", type=int, default=1, help="static batch size")
@@ -101,12 +94,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
     log_to_stderr()
-    try:
+
+    def run() -> int:
         path, prep = export_model(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,
                                   args.model, args.num_classes)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    print(f"input: {args.batch_size} x {prep.in_channels} x {prep.image_size} x {prep.image_size}, {prep.describe()}")
-    return 0
+        print(f"wrote {path}")
+        print(f"input: {args.batch_size} x {prep.in_channels} x {prep.image_size} x {prep.image_size}, "
+              f"{prep.describe()}")
+        return 0
+
+    return run_cli(run)

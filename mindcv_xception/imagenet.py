@@ -14,6 +14,8 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
+from .cli import run_cli
+
 
 def val_wnids() -> Dict[str, str]:
     """ILSVRC2012 validation file name -> WordNet id of its class."""
@@ -66,13 +68,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("src", help="folder of ILSVRC2012_val_*.JPEG")
     parser.add_argument("dst", help="output folder (e.g. /path/imagenet/val)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         counts = layout_val(args.src, args.dst)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"placed {counts['images']} images in {counts['classes']} class folders under {args.dst}")
-    return 0
+        print(f"placed {counts['images']} images in {counts['classes']} class folders under {args.dst}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -19,8 +18,8 @@ import numpy as np
 from mindspore import nn
 
 from .backends import BACKENDS, MindSporePredictor, Predictor, predictor
-from .loading import (CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params,
-                      read_checkpoint)
+from .cli import run_cli
+from .loading import CheckpointError, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 from .preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, KERAS, Preprocessing, preprocess, resolve
 
 
@@ -39,7 +38,8 @@ def load_image(path: str, prep: Preprocessing = KERAS) -> np.ndarray:
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated / unknown files
-        raise ImageError(f"{path}: not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"{path}: not a readable image ({reason})") from None
 
 
 def collect_images(paths: Sequence[str]) -> List[str]:
@@ -159,10 +159,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``: top-5 classes per image."""
     from .cli import log_to_stderr
 
-    parser = argparse.ArgumentParser(prog="infer.py", description="Top-5 classes of images with an Xception checkpoint.")
+    parser = argparse.ArgumentParser(prog="infer.py",
+                                     description="Top-5 classes of images with an Xception checkpoint.")
     parser.add_argument("images", nargs="+", help="image files or directories")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
-    parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say (default xception)")
+    parser.add_argument("--model", default=None,
+                        help="architecture when the checkpoint does not say (default xception)")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
     override = "overrides the checkpoint's preprocessing record"
     parser.add_argument("--image_size", type=int, default=None, help=f"crop size; {override}")
@@ -178,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_to_stderr()
     flags = {"image_resize": args.image_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
              "mean": args.mean, "std": args.std}
-    try:
+
+    def run() -> int:
         paths = collect_images(args.images)
         if not paths:
             raise ImageError(f"no image files in {', '.join(args.images)}")
@@ -189,15 +192,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = class_names_for(meta, meta["num_classes"])
         net = predictor(net, args.ckpt_path, prep, args.backend)  # BatchNorm folded either way
         results = classify(net, paths, names, prep, args.top_k)
-    except (ImageError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"], "preprocessing": prep.to_record(),
-                          "results": results}, indent=1))
-    else:
-        for result in results:
-            print(result["image"])
-            for rank, entry in enumerate(result["top"], 1):
-                print(f"  {rank}. {entry['probability']:.4f}  {entry['name']}  ({entry['index']})")
-    return 0
+        if args.json:
+            print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"],
+                              "preprocessing": prep.to_record(), "results": results}, indent=1))
+        else:
+            for result in results:
+                print(result["image"])
+                for rank, entry in enumerate(result["top"], 1):
+                    print(f"  {rank}. {entry['probability']:.4f}  {entry['name']}  ({entry['index']})")
+        return 0
+
+    return run_cli(run)

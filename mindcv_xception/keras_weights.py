@@ -155,7 +155,8 @@ def xception_slot_groups(widths: XceptionWidths = XCEPTION_WIDTHS,
             units = []
             for k in range(len(spec.widths)):
                 keras = f"block{keras_block}_sepconv{k + 1}"
-                units += [Slot(f"{prefix}.units.{k}.conv", SEPCONV, keras), Slot(f"{prefix}.units.{k}.bn", BN, keras + "_bn")]
+                units += [Slot(f"{prefix}.units.{k}.conv", SEPCONV, keras),
+                          Slot(f"{prefix}.units.{k}.bn", BN, keras + "_bn")]
             shortcut = [Slot(f"{prefix}.shortcut.0", CONV, None), Slot(f"{prefix}.shortcut.1", BN, None)]
             groups.append((units, shortcut if spec.downsample else []))
             keras_block += 1
@@ -173,8 +174,9 @@ def _to_ours(slot: Slot, layer: KerasLayer) -> Dict[str, np.ndarray]:
     if slot.kind == CONV:
         return {slot.prefix + ".weight": a["kernel"].transpose(3, 2, 0, 1)}  # HWIO -> OIHW
     if slot.kind == SEPCONV:
-        return {slot.prefix + ".depthwise.weight": a["depthwise_kernel"].transpose(2, 3, 0, 1),  # (3,3,C,1) -> (C,1,3,3)
-                slot.prefix + ".pointwise.weight": a["pointwise_kernel"].transpose(3, 2, 0, 1)}  # (1,1,I,O) -> (O,I,1,1)
+        # depthwise (3,3,C,1) -> (C,1,3,3), pointwise (1,1,I,O) -> (O,I,1,1)
+        return {slot.prefix + ".depthwise.weight": a["depthwise_kernel"].transpose(2, 3, 0, 1),
+                slot.prefix + ".pointwise.weight": a["pointwise_kernel"].transpose(3, 2, 0, 1)}
     if slot.kind == BN:
         return {f"{slot.prefix}.{role}": a[role] for role in ROLES[BN]}
     return {slot.prefix + ".weight": a["kernel"].T, slot.prefix + ".bias": a["bias"]}  # (in, out) -> (out, in)
@@ -221,7 +223,8 @@ def read_keras_layers(path: str) -> Found:
             if "layers" in handle:
                 return _read_keras3_weights(handle, path)
     except (OSError, KeyError, RuntimeError) as exc:  # h5py reading a cut file
-        raise KerasWeightsError(f"{path} could not be read to the end (truncated?): {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        raise KerasWeightsError(f"{path} could not be read to the end (truncated?): {reason}") from None
     raise KerasWeightsError(f"{path} is an HDF5 file but not a Keras weight file (no layer_names, model_weights "
                             f"or layers); convert a Keras Xception .h5 or .weights.h5")
 
@@ -282,5 +285,5 @@ def map_layers(found: Found, shapes: Dict[str, Tuple[int, ...]], source: str,
 
 def keras_num_classes(found: Found) -> int:
     """The class count of the file's Dense head, 0 for a no-top file."""
-    layers = found.get(DENSE, []) if isinstance(found, dict) else [l for l in found if l.kind == DENSE]
+    layers = found.get(DENSE, []) if isinstance(found, dict) else [layer for layer in found if layer.kind == DENSE]
     return int(layers[-1].arrays["bias"].shape[0]) if layers else 0

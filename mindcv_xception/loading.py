@@ -38,7 +38,8 @@ def read_checkpoint(path: str) -> Dict[str, Parameter]:
         params = ms.load_checkpoint(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line C++ stacks
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): "
+                              f"{first}") from None
     if not params:
         raise CheckpointError(f"{path} holds no parameters; it is not a weight checkpoint")
     return params
@@ -86,7 +87,6 @@ def load_state(own: Mapping[str, Parameter], params: Mapping[str, ArrayLike], al
         theirs = classifier_classes(params)
         logger.info("Classifier left newly initialised: %s has %s classes, the network %s",
                     source, theirs or "no classifier with", num_classes if num_classes is not None else "?")
-        missing, mismatched = [], []
         skip = set(bad)
     else:
         skip = set()
@@ -145,7 +145,9 @@ def checkpoint_meta(params: Mapping[str, object]) -> Dict[str, object]:
 def network_params(params: Mapping[str, ArrayLike], use_ema: bool = True) -> Dict[str, ArrayLike]:
     """The network weights of a checkpoint: its EMA copy when present and ``use_ema``, else the raw ones."""
     ema = {n[len(EMA_PREFIX):]: v for n, v in params.items() if n.startswith(EMA_PREFIX)}
+    raw = {n: v for n, v in params.items() if not n.startswith(EMA_PREFIX)}
     if use_ema and ema:
-        # BatchNorm statistics are not averaged: take them from the raw weights when EMA lacks them
-        return {**{n: v for n, v in params.items() if not n.startswith(EMA_PREFIX)}, **ema}
-    return {n: v for n, v in params.items() if not n.startswith(EMA_PREFIX)}
+        # mindcv's EMA averages every network parameter, BatchNorm moving statistics included; a raw
+        # value stands in only for a name an EMA copy lacks (one written by other code)
+        return {**raw, **ema}
+    return raw

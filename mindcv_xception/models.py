@@ -1,9 +1,9 @@
 """Builder functions for the registered names, registered in mindcv's model registry.
 
 ``import mindcv_xception`` runs this module, so ``mindcv.models.create_model('xception')`` builds our
-network. Our ``xception`` deliberately replaces mindcv 0.3.0's own entry: that one uses BatchNorm
-eps 1e-5, conv biases-free but otherwise differently named layers, and cannot reproduce the official
-Keras weights.
+network. Our ``xception`` deliberately replaces mindcv 0.3.0's own entry: that one names its layers
+differently and uses BatchNorm eps 1e-5 (Keras: 1e-3), so the official Keras weights cannot give
+Keras's outputs in it (its checkpoints convert to ours: ``convert mindcv``).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 from mindcv.models.registry import register_model
 
+from .config import CROP_PCT
 from .network import XCEPTION_SMALL_WIDTHS, XCEPTION_WIDTHS, Xception
 
 __all__ = ["xception", "xception_small", "default_cfgs"]
@@ -23,8 +24,7 @@ def _cfg(param_count: int, **kwargs: Any) -> Dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 299, 299),
         "min_input_size": (3, 71, 71),
-        # Resize the shorter side to 299 / 0.8975 = 333 px, then center-crop 299 (timm's Xception ratio).
-        "crop_pct": 0.8975,
+        "crop_pct": CROP_PCT,
         "interpolation": "bicubic",
         # The Keras weights expect x / 127.5 - 1, i.e. (x / 255 - 0.5) / 0.5.
         "mean": (0.5, 0.5, 0.5),
@@ -55,9 +55,9 @@ def _build(name: str, widths, pretrained: bool, num_classes: int, in_channels: i
     kwargs.pop("checkpoint_path", None)
     model = Xception(num_classes=num_classes, in_channels=in_channels, widths=widths, **kwargs)
     if pretrained:
-        from .weights import load_pretrained  # imported lazily: it pulls in h5py and the converter
+        from .weights import load_pretrained  # imported when needed: it brings the converter
 
-        load_pretrained(model, name, num_classes=num_classes, in_channels=in_channels)
+        load_pretrained(model, name, default_cfgs[name], num_classes=num_classes, in_channels=in_channels)
     return model
 
 

@@ -11,16 +11,18 @@ The architecture is declared once, as the paper's figure 5 reads:
 ``xception_blocks`` turns a widths table into that list of ``BlockSpec``; ``Xception`` builds cells
 from it. Everything follows Keras: no conv biases, BatchNorm eps 1e-3 and momentum 0.99 (MindSpore's
 ``momentum`` is the running-average decay, as Keras's is), 'valid' stem convs, TensorFlow 'same'
-padding for the separable convs and max-pools.
+padding for the separable convs and max-pools. The separable convs and the stem / shortcut convs are
+``cpu_conv``'s layers: ``nn.Conv2d`` parameters, with a faster formulation on CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common import initializer as init
+
+from .cpu_conv import MatmulConv2d, SeparableConv2d
 
 MIN_INPUT_SIZE = 71  # below this the exit flow's feature map would vanish (Keras has the same floor)
 
@@ -56,7 +58,8 @@ def xception_blocks(widths: XceptionWidths, middle_depth: int = 8) -> Dict[str, 
     """The residual blocks of each flow, as the paper's figure draws them."""
     e1, e2, e3 = widths.entry
     return {
-        "entry_flow": [BlockSpec((e1, e1), True, relu_first=False), BlockSpec((e2, e2), True), BlockSpec((e3, e3), True)],
+        "entry_flow": [BlockSpec((e1, e1), True, relu_first=False), BlockSpec((e2, e2), True),
+                       BlockSpec((e3, e3), True)],
         "middle_flow": [BlockSpec((e3, e3, e3), False)] * middle_depth,
         "exit_flow": [BlockSpec((e3, widths.exit), True)],
     }
@@ -64,167 +67,6 @@ def xception_blocks(widths: XceptionWidths, middle_depth: int = 8) -> Dict[str, 
 
 def _batch_norm(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
-
-
-def matmul_convs_default() -> bool:
-    """Whether new convs use their im2col + matmul formulation (depthwise, stem and strided shortcut convs).
-
-    On CPU those are many times faster than MindSpore's native kernels (see the README's speed
-    section); on Ascend and GPU the native kernels are kept.
-    """
-    return ms.get_context("device_target") == "CPU"
-
-
-def matmul_conv_switches(net: nn.Cell) -> Iterator[Tuple[str, nn.Cell, str]]:
-    """(name, cell, attribute) of every conv of ``net`` that has a matmul formulation; the attribute switches it."""
-    for name, cell in net.cells_and_names():
-        if isinstance(cell, SeparableConv2d):
-            yield name, cell, "depthwise_as_matmul"
-        elif isinstance(cell, MatmulConv2d):
-            yield name, cell, "as_matmul"
-
-
-def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
-    """Switch every conv of ``net`` between its matmul formulation and MindSpore's native kernel.
-
-    The parameters are the same either way; only the computation changes (e.g. for ONNX export,
-    which has no Im2Col). Call before the network is compiled, or clear its ``compile_cache``.
-    """
-    for _, cell, attribute in matmul_conv_switches(net):
-        setattr(cell, attribute, as_matmul)
-
-
-# Bytes of im2col columns one depthwise step may hold at once. Whole-batch columns are 9x the layer's
-# input (800 MB at 299 px batch 8 in entry block 1); MindSpore's CPU runtime runs independent ops
-# concurrently and keeps such buffers alive together, so a larger batch is processed in chunks that
-# are chained one after another (``ops.depend``). Chunks cost speed (training 299 b8: 5.4 s a step
-# unchunked, 7.0 s in 128 MB chunks) and save memory (training 299 b32 peaks at 18.3 GB in 128 MB
-# chunks, 19.1 GB in 256 MB, 23.3 GB in 512 MB, out of 24 GB unchunked): the README's "What was tried".
-DEPTHWISE_CHUNK_BYTES = 256 * 2 ** 20
-
-
-def _batch_chunk_size(x: Tensor) -> int:
-    n, c, h, w = x.shape
-    size = DEPTHWISE_CHUNK_BYTES // (9 * c * h * w * 4)  # (no min/max: they fail to compile here)
-    if size < 1:
-        return 1
-    if size >= n:
-        return n
-    chunks = -(-n // size)
-    return -(-n // chunks)  # the same number of chunks, as even as they go (32 at 25 a chunk: 16 + 16)
-
-
-def _depthwise_3x3_matmul_whole(x: Tensor, weight: Tensor) -> Tensor:
-    n, c, h, w = x.shape
-    cols = ops.unfold(x, 3, padding=1).reshape(n, c, 9, h * w)  # the 9 taps of each pixel, per channel
-    return ops.matmul(weight.reshape(1, c, 1, 9), cols).reshape(n, c, h, w)
-
-
-def _depthwise_3x3_weight_grad(x: Tensor, dout: Tensor) -> Tensor:
-    n, c, h, w = x.shape
-    cols = ops.unfold(x, 3, padding=1).reshape(n, c, 9, h * w)
-    return ops.matmul(cols, dout.reshape(n, c, h * w, 1)).sum(0).reshape(c, 1, 3, 3)
-
-
-def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
-    """A 3x3 stride-1 depthwise conv with zero padding 1, as unfold (im2col) and one batched matmul.
-
-    ``weight`` is the grouped conv's (C, 1, 3, 3) kernel; the result equals
-    ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float summation order. Large
-    batches are computed in chunks, one after another, to bound the columns' memory
-    (``DEPTHWISE_CHUNK_BYTES``).
-    """
-    n = x.shape[0]
-    size = _batch_chunk_size(x)
-    if size == n:
-        return _depthwise_3x3_matmul_whole(x, weight)
-    out = _depthwise_3x3_matmul_whole(x[:size], weight)
-    outs = (out,)
-    for start in range(size, n, size):
-        part = ops.depend(x[start:start + size], out)  # not before the previous chunk is done
-        out = _depthwise_3x3_matmul_whole(part, weight)
-        outs = outs + (out,)
-    return ops.cat(outs, 0)
-
-
-class Depthwise3x3Matmul(nn.Cell):
-    """``depthwise_3x3_matmul`` with a backward pass that keeps no 9x-sized im2col tensor.
-
-    Automatic differentiation would keep each layer's im2col columns (9 times its input) until the
-    backward pass; this recomputes them there instead, chunk by chunk as the forward: the weight
-    gradient is a batched matmul of the recomputed columns with the output gradient, the input
-    gradient is the same depthwise conv of the output gradient with the kernel turned by 180 degrees.
-    """
-
-    def construct(self, x: Tensor, weight: Tensor) -> Tensor:
-        return depthwise_3x3_matmul(x, weight)
-
-    def bprop(self, x: Tensor, weight: Tensor, out: Tensor, dout: Tensor) -> Tuple[Tensor, Tensor]:
-        n = x.shape[0]
-        size = _batch_chunk_size(x)
-        if size == n:
-            return depthwise_3x3_matmul(dout, ops.flip(weight, (2, 3))), _depthwise_3x3_weight_grad(x, dout)
-        dweight = _depthwise_3x3_weight_grad(x[:size], dout[:size])
-        for start in range(size, n, size):
-            part = ops.depend(x[start:start + size], dweight)
-            dweight = dweight + _depthwise_3x3_weight_grad(part, dout[start:start + size])
-        dx = depthwise_3x3_matmul(ops.depend(dout, dweight), ops.flip(weight, (2, 3)))
-        return dx, dweight
-
-
-class SeparableConv2d(nn.Cell):
-    """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D).
-
-    ``depthwise_as_matmul`` (default: on CPU) computes the depthwise step with
-    ``depthwise_3x3_matmul`` from the same ``depthwise.weight``; the parameters are the same either way.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, depthwise_as_matmul: Optional[bool] = None) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, pad_mode="pad", padding=1, group=in_channels)
-        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
-        if depthwise_as_matmul is None:
-            depthwise_as_matmul = matmul_convs_default()
-        self.depthwise_as_matmul = depthwise_as_matmul
-        self.depthwise_matmul = Depthwise3x3Matmul()
-
-    def construct(self, x: Tensor) -> Tensor:
-        if self.depthwise_as_matmul:
-            # the explicit cast keeps mixed precision outside the custom backward (amp.py)
-            x = self.depthwise_matmul(x, self.depthwise.weight.astype(x.dtype))
-        else:
-            x = self.depthwise(x)
-        return self.pointwise(x)
-
-
-class MatmulConv2d(nn.Conv2d):
-    """An ungrouped 'valid' ``nn.Conv2d`` (the stem convs, the strided 1x1 shortcuts) that can run as im2col + matmul.
-
-    MindSpore's CPU kernel is very slow for these shapes (40-70x slower than the same products as
-    one matmul: the README's "What was tried" table); ``as_matmul`` (default: on CPU)
-    computes ``unfold`` (the kernel's taps at every output pixel, a strided slice for 1x1) and one
-    broadcast matmul with the same ``weight`` (and ``bias``). The result equals the native conv up
-    to float summation order; the parameters are those of ``nn.Conv2d``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Tuple[int, int]],
-                 stride: Union[int, Tuple[int, int]] = 1, has_bias: bool = False, as_matmul: Optional[bool] = None,
-                 **kwargs) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
-                         has_bias=has_bias, **kwargs)
-        self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
-
-    def construct(self, x: Tensor) -> Tensor:
-        if not self.as_matmul:
-            return super().construct(x)
-        n, _, h, w = x.shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-        cols = ops.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, out_h*out_w)
-        out = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
-        if self.has_bias:
-            out = out + self.bias.reshape(1, -1, 1)
-        return out.reshape(n, self.out_channels, out_h, out_w)
 
 
 class SepConvBn(nn.Cell):
@@ -315,7 +157,7 @@ class Xception(nn.Cell):
         out_indices = tuple(out_indices)
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be chosen from 0..4 (strides 2, 4, 8, 16, 32), got {out_indices}")
-        # What it takes to build an identical network (``mindcv_xception.fast.inference_network`` uses it).
+        # What it takes to build an identical network (``mindcv_xception.bn_folding.inference_network`` uses it).
         self.init_kwargs = dict(num_classes=num_classes, in_channels=in_channels, widths=widths,
                                 middle_depth=middle_depth, drop_rate=drop_rate, global_pool=global_pool,
                                 bn_eps=bn_eps, bn_momentum=bn_momentum, features_only=features_only,

@@ -212,7 +212,8 @@ def train(cfg: Config) -> Dict[str, object]:
                                  f"{cfg.batch_size} per process; lower --batch_size")
     lrs = scaled_lr(cfg, runtime.world)
     logger.info("Device %s, jit level %s, %d process(es); %d train / %d val images, %d classes, %d steps/epoch",
-                runtime.device, runtime.jit_level, runtime.world, len(train_folder), len(val_folder), num_classes, steps)
+                runtime.device, runtime.jit_level, runtime.world, len(train_folder), len(val_folder), num_classes,
+                steps)
     logger.info("Global batch %d (= %d x %d processes x %d accumulation); lr %.6g -> effective %.6g, "
                 "min_lr %.6g -> %.6g (scaling %s, reference batch %d)", lrs["global_batch"], cfg.batch_size,
                 runtime.world, cfg.gradient_accumulation_steps, cfg.lr, lrs["lr"], cfg.min_lr, lrs["min_lr"],

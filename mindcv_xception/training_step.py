@@ -41,7 +41,7 @@ def apply_amp(net: nn.Cell, level: str) -> nn.Cell:
     The parameters stay float32 (master weights); cells cast their inputs to the precision they
     compute in. Raises ``ValueError`` for an unknown level.
     """
-    from .network import SeparableConv2d
+    from .cpu_conv import SeparableConv2d
 
     if level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {', '.join(AMP_LEVELS)}, got {level!r}")

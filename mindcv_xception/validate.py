@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Dict, Optional, Sequence
 
+from .bn_folding import inference_network
 from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime

@@ -6,7 +6,8 @@ directory (``$MINDCV_XCEPTION_CACHE``, default ``~/.cache/mindcv_xception``) for
 1. the converted checkpoint (``xception_keras_imagenet.ckpt`` / ``..._notop.ckpt``), else
 2. the Keras file itself (``xception_weights_tf_dim_ordering_tf_kernels[_notop].h5``, e.g. copied
    there by hand on an offline machine), else
-3. downloads that file from the address in ``default_cfgs['xception']`` (``url`` / ``url_notop``),
+3. downloads that file from the address in the model's metadata record, ``models.default_cfgs['xception']``
+   (``url`` / ``url_notop``), which ``models`` passes in (this module does not import ``models``),
 
 checks the Keras file's md5 (``md5`` / ``md5_notop``), converts it and caches the checkpoint.
 1000 classes take the file with the top; any other count takes the no-top file and keeps a new head.
@@ -16,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
+import sys
+import time
 import urllib.parse
 import urllib.request
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from mindspore import nn
 
+from .atomic import atomic_output
 from .loading import CheckpointError, load_weights_file
 
 logger = logging.getLogger(__name__)
@@ -48,17 +51,34 @@ def file_md5(path: str) -> str:
     return digest.hexdigest()
 
 
+def _copy_with_progress(response, out, name: str) -> int:
+    """Copy ``response`` to ``out`` in 1 MB chunks, with a progress bar (size, rate) on a terminal only."""
+    from tqdm import tqdm  # installed with mindcv
+
+    size = int(response.headers.get("Content-Length") or 0) or None
+    copied = 0
+    with tqdm(total=size, desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
+            copied += len(chunk)
+    return copied
+
+
 def download(url: str, dst: str, md5: Optional[str] = None) -> str:
-    """Fetch ``url`` (http(s), ``file://`` or a plain path) to ``dst`` via a temporary file renamed
-    at the end; with ``md5``, a file with another checksum is deleted and refused."""
+    """Fetch ``url`` (http(s), ``file://`` or a plain path) to ``dst`` through ``atomic_output``; with
+    ``md5``, a file with another checksum is deleted and refused.
+
+    A terminal shows a progress bar with the rate; the size, time and rate are logged at the end.
+    """
     folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.part")
     opened = url if urllib.parse.urlparse(url).scheme else "file://" + urllib.request.pathname2url(os.path.abspath(url))
-    try:
+    with atomic_output(dst, suffix=".part") as tmp:
+        start = time.monotonic()
         try:
             with urllib.request.urlopen(opened, timeout=60) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
+                copied = _copy_with_progress(response, out, os.path.basename(dst))
         except (OSError, ValueError) as exc:  # URLError is an OSError
             raise PretrainedError(f"could not download {url}: {getattr(exc, 'reason', exc)}; on an offline machine "
                                   f"put {os.path.basename(dst)} in {folder} (set {CACHE_ENV})") from None
@@ -67,21 +87,22 @@ def download(url: str, dst: str, md5: Optional[str] = None) -> str:
             if got != md5:
                 raise PretrainedError(f"{url} has md5 {got}, expected {md5}: a corrupt or wrong download; "
                                       f"nothing was kept, try again")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    seconds = max(time.monotonic() - start, 1e-6)
+    logger.info("Downloaded %s: %.1f MB in %.1f s (%.1f MB/s)", os.path.basename(dst), copied / 1e6, seconds,
+                copied / 1e6 / seconds)
     return dst
 
 
-def pretrained_checkpoint(name: str = "xception", top: bool = True) -> str:
-    """The path of the cached converted checkpoint, making it (download, md5, convert) if needed."""
-    from .convert import convert_keras
-    from .models import default_cfgs
+def pretrained_checkpoint(name: str, cfg: Mapping[str, Any], top: bool = True) -> str:
+    """The path of the cached converted checkpoint, making it (download, md5, convert) if needed.
 
-    if name != "xception":
+    ``cfg`` is the model's metadata record (``models.default_cfgs[name]``): it holds the addresses and
+    checksums of the Keras files (``url``, ``md5``, ``url_notop``, ``md5_notop``).
+    """
+    from .convert import convert_keras
+
+    if name != "xception" or not cfg.get("url"):
         raise PretrainedError(f"{name} has no pretrained weights; use 'xception'")
-    cfg = default_cfgs[name]
     suffix = "" if top else "_notop"
     url, md5 = cfg["url" + suffix], cfg["md5" + suffix]
     folder = cache_dir()
@@ -99,12 +120,16 @@ def pretrained_checkpoint(name: str = "xception", top: bool = True) -> str:
     return ckpt
 
 
-def load_pretrained(model: nn.Cell, name: str, num_classes: int = 1000, in_channels: int = 3) -> None:
-    """Load the official Keras ImageNet weights into ``model`` (strictly); a new head for other class counts."""
+def load_pretrained(model: nn.Cell, name: str, cfg: Mapping[str, Any], num_classes: int = 1000,
+                    in_channels: int = 3) -> None:
+    """Load the official Keras ImageNet weights into ``model`` (strictly); a new head for other class counts.
+
+    ``cfg``: the model's metadata record, with the weights' addresses (see ``pretrained_checkpoint``).
+    """
     if in_channels != 3:
         raise PretrainedError(f"the ImageNet weights are for RGB images (in_channels=3), not {in_channels}")
     top = num_classes == 1000 and not getattr(model, "features_only", False)
-    path = pretrained_checkpoint(name, top=top)
+    path = pretrained_checkpoint(name, cfg, top=top)
     if not top:
         logger.info("Pretrained %s: ImageNet backbone from the no-top weights, new %d-class head", name, num_classes)
     try:

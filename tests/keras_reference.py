@@ -80,7 +80,7 @@ def save_legacy(model, path):
     """The legacy Keras-2 HDF5 weight layout of the official files, written by hand."""
     names = official_names(model)
     with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array([names[l.name].encode() for l in model.layers])
+        f.attrs["layer_names"] = np.array([names[layer.name].encode() for layer in model.layers])
         f.attrs["backend"] = b"tensorflow"
         f.attrs["keras_version"] = b"2.0.8"
         for layer in model.layers:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import mindcv_xception.backends as backends
-from conftest import sample_photos
-from helpers_ckpt import save_small
+from helpers import sample_photos
+from helpers import save_small
 from mindcv_xception.backends import BackendError, choose_backend, onnx_cache_path, predictor
 from mindcv_xception.inference import checkpoint_preprocessing, image_logits, load_for_inference, main
 from mindcv_xception.preprocessing import preprocess

@@ -2,10 +2,9 @@
 import pytest
 import yaml
 
+from helpers import CPU_RECIPE
 from mindcv_xception.config import ConfigError, parse_config
 from mindcv_xception.trainer import scaled_lr
-
-from conftest import CPU_RECIPE
 
 
 def recipe(tmp_path, **values):
@@ -40,7 +39,8 @@ def test_yaml_values_are_type_checked(tmp_path):
         parse_config(["--config", recipe(tmp_path, model="resnet50")])
 
 
-@pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)])
+@pytest.mark.parametrize("text,value",
+                         [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)])
 def test_bool_flags_parse_words(text, value):
     assert parse_config(["--ema", text]).ema is value
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from mindcv.models.xception import Xception as MindcvXception
 
-from conftest import images
-from helpers_ckpt import randomise_bn_statistics
+from helpers import images, randomise_bn_statistics
 from mindcv_xception.convert import convert_mindcv, main
 from mindcv_xception.inference import load_for_inference
 from mindcv_xception.loading import checkpoint_meta, read_checkpoint

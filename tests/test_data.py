@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindcv_xception.data import (DataError, DecodedImages, find_splits, scan_image_folder, train_order,
-                                  val_order)
+from mindcv_xception.data import DataError, DecodedImages, find_splits, scan_image_folder, train_order, val_order
 from mindcv_xception.digits import make_digits_folder
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script, script_env
+from helpers import REPO, run_script, script_env
 
 
 def readme_commands():
@@ -36,6 +36,7 @@ def test_readme_shows_the_two_setup_commands_first():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("python")])
 def test_readme_command_flags_exist(command):
     words = shlex.split(command)
@@ -46,6 +47,47 @@ def test_readme_command_flags_exist(command):
         assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", out), f"{flag} is not an option of {' '.join(target)}"
 
 
+def test_demo_data_interrupted_mid_write_leaves_no_folder_and_is_written_whole_next_time(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mindcv_xception import demo
+
+    data = tmp_path / "data" / "digits"
+    save, written = Image.Image.save, []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of writing the images
+        written.append(args[0])
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(data=str(data), run_dir=str(tmp_path / "run"), per_class=5)
+    monkeypatch.undo()
+    assert not data.exists()  # the old code left data/digits/val/0 with 1 image, and never wrote the rest
+    demo.write_data(str(data), per_class=5)
+    assert sorted(p.relative_to(data).parts[:2] for p in data.glob("*/*/*.png")).count(("train", "9")) == 4
+    assert len(list(data.glob("*/*/*.png"))) == 50 and not (tmp_path / "data" / "digits.partial").exists()
+
+
+def test_demo_resumes_only_when_a_complete_epoch_checkpoint_exists(tmp_path, monkeypatch):
+    from mindcv_xception import demo
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "xception_small-e0001.ckpt.tmp-99.ckpt").write_bytes(b"cut")  # killed during the first write
+    commands = []
+    monkeypatch.setattr(demo, "_run", commands.append)  # the scripts are not run
+    demo.run(data=str(tmp_path / "digits"), run_dir=str(run_dir), per_class=2)
+    assert commands[0][0] == "train.py" and "--resume" not in commands[0]  # the old demo passed --resume
+    (run_dir / "xception_small-e0001.ckpt").write_bytes(b"")
+    commands.clear()
+    demo.run(data=str(tmp_path / "digits"), run_dir=str(run_dir), per_class=2)
+    assert commands[0][-1] == "--resume"
+
+
+@pytest.mark.slow
 def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     code, out, err = run_script(["-m", "mindcv_xception.demo", "--epochs", "3", "--per_class", "40", "--data", data,
@@ -55,9 +97,11 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     assert len(metrics) == 3 and metrics[-1]["val_top1"] > 0.4  # 10 classes: chance is 0.1
     assert re.search(r"acc@top1 \d+\.\d+%", out)  # validate.py ran
     assert len(re.findall(r"^  1\. \d\.\d{4}  \d", out, re.M)) == 4  # infer.py's top-1 line for 4 images
-    assert f"curves:     {os.path.join(run_dir, 'curves.png')}" in out and os.path.exists(os.path.join(run_dir, "curves.png"))
+    curves = os.path.join(run_dir, "curves.png")
+    assert f"curves:     {curves}" in out and os.path.exists(curves)
 
 
+@pytest.mark.slow
 def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     args = ["-m", "mindcv_xception.demo", "--epochs", "2", "--per_class", "20", "--data", data, "--run", run_dir]
@@ -66,7 +110,8 @@ def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     try:
         def epoch_one_done():
             metrics = os.path.join(run_dir, "metrics.jsonl")
-            return glob.glob(os.path.join(run_dir, "*-e0001.ckpt")) and os.path.exists(metrics) and os.path.getsize(metrics)
+            checkpoint = glob.glob(os.path.join(run_dir, "*-e0001.ckpt"))
+            return checkpoint and os.path.exists(metrics) and os.path.getsize(metrics)
 
         deadline = time.time() + 900
         while not epoch_one_done() and demo.poll() is None and time.time() < deadline:

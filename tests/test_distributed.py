@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from conftest import CPU_RECIPE, QUICK, REPO, keep_val_images, run_script, strip_noise
+from helpers import CPU_RECIPE, QUICK, REPO, keep_val_images, run_script, strip_noise
+
+pytestmark = pytest.mark.slow  # msrun runs of train.py and validate.py
 
 MSRUN = os.path.join(os.path.dirname(sys.executable), "msrun")
 

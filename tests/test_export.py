@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from conftest import images
-from helpers_ckpt import save_small
+from helpers import images, save_small
 from mindcv_xception.export import export_checkpoint, main
 from mindcv_xception.inference import load_for_inference
 
@@ -45,7 +44,8 @@ def test_onnx_export_runs_in_onnxruntime_with_opset_11_and_gives_the_networks_ou
 def test_cli_writes_only_the_model_file(checkpoint, tmp_path, capsys):
     out = tmp_path / "cli"
     out.mkdir()
-    assert main(["--ckpt_path", checkpoint, "--file_format", "mindir", "--output", str(out / "net"), "--image_size", "71"]) == 0
+    args = ["--ckpt_path", checkpoint, "--file_format", "mindir", "--output", str(out / "net"), "--image_size", "71"]
+    assert main(args) == 0
     assert os.listdir(out) == ["net.mindir"]
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"wrote {out / 'net.mindir'}"

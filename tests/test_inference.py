@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import sample_photos
-from helpers_ckpt import save_small, small_net
+from helpers import sample_photos, save_small, small_net
 from mindcv_xception.inference import collect_images, imagenet_class_names, load_for_inference, main
 from mindcv_xception.preprocessing import KERAS, preprocess
 

@@ -40,6 +40,7 @@ def _folder_listing(folder) -> list:
     return sorted(os.listdir(folder))
 
 
+@pytest.mark.slow
 def test_official_layout_gives_keras_logits_and_top5_on_photos_at_299(official, keras_reference):
     net, _ = load_for_inference(official)
     ours = _run(net, np.load(keras_reference / "inputs.npz")["x299"])
@@ -48,6 +49,7 @@ def test_official_layout_gives_keras_logits_and_top5_on_photos_at_299(official, 
     np.testing.assert_array_equal(np.argsort(-ours, axis=1)[:, :5], np.argsort(-theirs, axis=1)[:, :5])
 
 
+@pytest.mark.slow
 def test_notop_file_gives_keras_pooled_features_at_224(keras_reference, tmp_path):
     dst = str(tmp_path / "notop.ckpt")
     convert_keras(str(keras_reference / "official_notop.h5"), dst)
@@ -57,6 +59,7 @@ def test_notop_file_gives_keras_pooled_features_at_224(keras_reference, tmp_path
     _assert_matches(ours, np.load(keras_reference / "reference.npz")["features"])
 
 
+@pytest.mark.slow
 def test_reference_outputs_would_expose_a_wrong_bn_eps(keras_reference, tmp_path):
     """The parity tests are sharp: mindcv's BatchNorm eps 1e-5 instead of Keras's 1e-3 is far off."""
     from mindcv.models import create_model
@@ -73,6 +76,7 @@ def test_reference_outputs_would_expose_a_wrong_bn_eps(keras_reference, tmp_path
         _assert_matches(ours, np.load(keras_reference / "reference.npz")["features"])
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_carries_the_metadata_record(official):
     meta = checkpoint_meta(read_checkpoint(official))
     assert meta == {"model": "xception", "num_classes": 1000, "class_names": None, "source": "keras:official.h5",
@@ -80,6 +84,7 @@ def test_converted_checkpoint_carries_the_metadata_record(official):
                                       "mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB"}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resave", ["resave.weights.h5", "resave.h5"])
 def test_keras3_resave_converts_to_the_same_weights_as_the_official_layout(keras_reference, resave):
     expected, _ = keras_to_params(str(keras_reference / "official.h5"))
@@ -90,6 +95,7 @@ def test_keras3_resave_converts_to_the_same_weights_as_the_official_layout(keras
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_ten_class_keras_model_converts_with_its_head_and_gives_keras_logits(keras_reference, tmp_path):
     dst = str(tmp_path / "ten.ckpt")
     meta = convert_keras(str(keras_reference / "ten.weights.h5"), dst)
@@ -99,6 +105,7 @@ def test_ten_class_keras_model_converts_with_its_head_and_gives_keras_logits(ker
     _assert_matches(ours, np.load(keras_reference / "reference.npz")["ten_logits"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved", ["nested.weights.h5", "nested.h5"])
 def test_xception_nested_in_a_users_model_with_its_own_head_gives_keras_logits(keras_reference, tmp_path, saved):
     dst = str(tmp_path / "nested.ckpt")
@@ -108,6 +115,7 @@ def test_xception_nested_in_a_users_model_with_its_own_head_gives_keras_logits(k
     _assert_matches(ours, np.load(keras_reference / "reference.npz")["nested_logits"])
 
 
+@pytest.mark.slow
 def test_shortcut_layers_listed_before_a_blocks_separable_convs_map_the_same(keras_reference, tmp_path):
     src = str(tmp_path / "shortcut_first.h5")
     shutil.copy(keras_reference / "official.h5", src)
@@ -136,6 +144,7 @@ def _convert_fails(capsys, src: str, dst: str, *extra: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_swapped_layers_are_an_error_naming_the_layer(keras_reference, tmp_path, capsys):
     src = str(tmp_path / "swapped.h5")
     shutil.copy(keras_reference / "official.h5", src)
@@ -152,7 +161,8 @@ def test_file_of_another_network_is_refused(tmp_path, capsys):
     src = str(tmp_path / "other.h5")
     with h5py.File(src, "w") as f:
         f.attrs["layer_names"] = np.array([b"conv1", b"fc"])
-        for name, shapes in (("conv1", {"kernel": (7, 7, 3, 64), "bias": (64,)}), ("fc", {"kernel": (64, 10), "bias": (10,)})):
+        layers = (("conv1", {"kernel": (7, 7, 3, 64), "bias": (64,)}), ("fc", {"kernel": (64, 10), "bias": (10,)}))
+        for name, shapes in layers:
             group = f.create_group(name)
             group.attrs["weight_names"] = np.array([f"{name}/{w}:0".encode() for w in shapes])
             for w, shape in shapes.items():
@@ -161,6 +171,7 @@ def test_file_of_another_network_is_refused(tmp_path, capsys):
     assert "conv1" in err and "Xception" in err
 
 
+@pytest.mark.slow
 def test_head_of_more_than_one_dense_layer_is_refused(keras_reference, tmp_path, capsys):
     src = str(tmp_path / "two_dense.h5")
     shutil.copy(keras_reference / "official.h5", src)
@@ -180,6 +191,7 @@ def test_file_that_is_not_hdf5_is_refused(tmp_path, capsys):
     assert "not a readable HDF5 file" in _convert_fails(capsys, str(src), str(tmp_path / "out" / "x.ckpt"))
 
 
+@pytest.mark.slow
 def test_truncated_file_is_refused(keras_reference, tmp_path, capsys):
     src = tmp_path / "cut.h5"
     with open(keras_reference / "official.h5", "rb") as f:
@@ -187,12 +199,14 @@ def test_truncated_file_is_refused(keras_reference, tmp_path, capsys):
     assert "truncated" in _convert_fails(capsys, str(src), str(tmp_path / "out" / "x.ckpt"))
 
 
+@pytest.mark.slow
 def test_notop_file_for_a_model_with_a_head_is_refused_with_the_fix(keras_reference, tmp_path, capsys):
     err = _convert_fails(capsys, str(keras_reference / "official_notop.h5"), str(tmp_path / "out" / "x.ckpt"),
                          "--num_classes", "1000")
     assert "no-top file" in err and "--num_classes 0" in err
 
 
+@pytest.mark.slow
 def test_existing_output_is_left_untouched_when_conversion_fails(keras_reference, tmp_path, capsys):
     dst = tmp_path / "x.ckpt"
     dst.write_bytes(b"previous")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindcv.models import create_model
 
-from conftest import images
+from helpers import images
 from mindcv_xception.loading import CheckpointError, load_weights, load_weights_file, read_checkpoint
 
 
@@ -36,7 +36,8 @@ def test_other_class_count_is_allowed_for_fine_tuning_and_keeps_the_new_head(sav
     head = net.classifier.weight.asnumpy().copy()
     load_weights_file(net, saved[1], allow_new_classifier=True)
     np.testing.assert_array_equal(net.classifier.weight.asnumpy(), head)
-    np.testing.assert_array_equal(net.stem[0].conv.weight.asnumpy(), read_checkpoint(saved[1])["stem.0.conv.weight"].asnumpy())
+    stem = read_checkpoint(saved[1])["stem.0.conv.weight"].asnumpy()
+    np.testing.assert_array_equal(net.stem[0].conv.weight.asnumpy(), stem)
 
 
 def test_missing_parameter_is_named(saved):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 from mindcv_xception.config import OPTIONS_BY_NAME, ConfigError, parse_config
 from mindcv_xception.mindcv_keys import ALIASES, MINDCV_DEFAULTS, REFUSED
 

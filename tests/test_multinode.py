@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import CPU_RECIPE, QUICK, REPO, strip_noise
+from helpers import CPU_RECIPE, QUICK, REPO, strip_noise
 
 pytestmark = pytest.mark.slow
 MSRUN = os.path.join(os.path.dirname(sys.executable), "msrun")

@@ -5,7 +5,7 @@ import pytest
 from mindcv.models import create_model, get_pretrained_cfg, list_models
 from mindspore import nn, ops
 
-from conftest import images
+from helpers import images
 from mindcv_xception import XCEPTION_WIDTHS, BlockSpec, Xception, xception_blocks
 from mindcv_xception.network import XceptionBlock
 

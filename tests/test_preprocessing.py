@@ -8,7 +8,7 @@ import pytest
 from mindcv.models import create_model
 from PIL import Image
 
-from conftest import sample_photos
+from helpers import sample_photos
 from mindcv_xception.checkpoint import write_atomic
 from mindcv_xception.convert import keras_meta, mindcv_meta
 from mindcv_xception.preprocessing import (KERAS, MINDCV, Preprocessing, PreprocessingError, from_record,
@@ -96,7 +96,7 @@ CASES = {
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_infer_on_an_image_and_validate_on_its_folder_give_the_same_logits(kind, one_image_folder, tmp_path):
     from mindcv_xception.config import parse_config
-    from mindcv_xception.fast import inference_network
+    from mindcv_xception.bn_folding import inference_network
     from mindcv_xception.inference import checkpoint_preprocessing, image_logits, load_for_inference
     from mindcv_xception.validate import VALIDATE_OPTIONS, validate
 

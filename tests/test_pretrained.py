@@ -2,9 +2,12 @@
 
 No network: the "download" is a file:// URL to Keras-layout files made by tests/keras_reference.py.
 """
+import io
 import logging
 import os
 import pathlib
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from mindcv.models import create_model
 from mindcv_xception.convert import convert_keras
 from mindcv_xception.loading import read_checkpoint
 from mindcv_xception.models import default_cfgs
-from mindcv_xception.weights import CACHE_ENV, PretrainedError, file_md5
+from mindcv_xception.weights import CACHE_ENV, PretrainedError, download, file_md5
 
 
 @pytest.fixture
@@ -43,13 +46,33 @@ def test_the_official_address_and_checksums_are_registered():
     assert cfg["md5"] == "0a58e3b7378bc2990ea3b43d5981f1f6" and cfg["md5_notop"] == "b0042744bf5b25fce3cb969f33bebb97"
 
 
+def test_download_shows_its_progress_and_rate_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "official.h5"
+    src.write_bytes(os.urandom(3 << 20))
+    download(src.as_uri(), str(tmp_path / "quiet" / "w.h5"))
+    assert capsys.readouterr().err == ""  # logs and CI: no progress bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    download(src.as_uri(), str(tmp_path / "shown" / "w.h5"))
+    shown = terminal.getvalue()
+    assert "w.h5" in shown and "3.00M/3.00M" in shown and re.search(r"[\d.]+[kMG]?B/s", shown), shown
+
+
+@pytest.mark.slow
 def test_pre_seeded_cache_is_used_without_downloading(cache, keras_reference, monkeypatch):
     convert_keras(str(keras_reference / "official.h5"), str(cache / "xception_keras_imagenet.ckpt"))
     monkeypatch.setitem(default_cfgs["xception"], "url", (keras_reference / "absent.h5").as_uri())
     net = create_model("xception", pretrained=True)
-    np.testing.assert_array_equal(_stem(net), read_checkpoint(str(cache / "xception_keras_imagenet.ckpt"))["stem.0.conv.weight"].asnumpy())
+    cached = read_checkpoint(str(cache / "xception_keras_imagenet.ckpt"))
+    np.testing.assert_array_equal(_stem(net), cached["stem.0.conv.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_download_with_a_wrong_md5_is_refused_and_nothing_is_kept(cache, keras_reference, monkeypatch):
     _serve(monkeypatch, keras_reference, md5="0" * 32)
     with pytest.raises(PretrainedError, match="expected 0{32}"):
@@ -57,6 +80,7 @@ def test_download_with_a_wrong_md5_is_refused_and_nothing_is_kept(cache, keras_r
     assert not cache.exists() or os.listdir(cache) == []
 
 
+@pytest.mark.slow
 def test_download_with_the_right_md5_is_converted_cached_and_loaded(cache, keras_reference, monkeypatch):
     _serve(monkeypatch, keras_reference)
     net = create_model("xception", pretrained=True)
@@ -65,6 +89,7 @@ def test_download_with_the_right_md5_is_converted_cached_and_loaded(cache, keras
     np.testing.assert_array_equal(net.classifier.weight.asnumpy(), cached["classifier.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_other_class_count_takes_the_notop_weights_and_keeps_a_new_head(cache, keras_reference, monkeypatch, caplog):
     _serve(monkeypatch, keras_reference, md5="0" * 32)  # the top file must not be used
     with caplog.at_level(logging.INFO):
@@ -75,6 +100,7 @@ def test_other_class_count_takes_the_notop_weights_and_keeps_a_new_head(cache, k
     np.testing.assert_array_equal(_stem(net), notop["stem.0.conv.weight"].asnumpy())
 
 
+@pytest.mark.slow
 def test_unreachable_address_names_the_offline_fix(cache, keras_reference, monkeypatch):
     monkeypatch.setitem(default_cfgs["xception"], "url", (keras_reference / "absent.h5").as_uri())
     with pytest.raises(PretrainedError, match=f"could not download .*set {CACHE_ENV}"):

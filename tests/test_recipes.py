@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 pytestmark = pytest.mark.slow
 

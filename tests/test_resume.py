@@ -10,7 +10,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import CPU_RECIPE, QUICK, REPO, run_script
+from helpers import CPU_RECIPE, QUICK, REPO, run_script
 from mindcv_xception.checkpoint import CheckpointManager
 from mindcv_xception.digits import make_digits_folder
 from mindcv_xception.loading import CheckpointError, checkpoint_meta, read_checkpoint
@@ -54,11 +54,13 @@ def straight_and_resumed(small_digits, tmp_path_factory):
     return straight, resumed, out
 
 
+@pytest.mark.slow
 def test_resume_says_where_it_continues(straight_and_resumed):
     _, _, out = straight_and_resumed
     assert "Resumed from" in out and "xception_small-e0002.ckpt: epoch 2 of 3 done" in out
 
 
+@pytest.mark.slow
 def test_resumed_run_trains_the_same_epochs_with_the_same_learning_rates(straight_and_resumed):
     straight, resumed, _ = straight_and_resumed
     a = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
@@ -70,6 +72,7 @@ def test_resumed_run_trains_the_same_epochs_with_the_same_learning_rates(straigh
     np.testing.assert_array_equal(lr_a, lr_b)
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights_momentum_and_ema(straight_and_resumed):
     straight, resumed, _ = straight_and_resumed
     a = read_checkpoint(os.path.join(straight, "last.ckpt"))
@@ -84,6 +87,7 @@ def test_resumed_run_ends_with_the_same_weights_momentum_and_ema(straight_and_re
     assert compared > 300 and any(n.startswith("ema.") for n in a) and any(n.startswith("accum.") for n in a)
 
 
+@pytest.mark.slow
 def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed, small_digits, tmp_path):
     straight, _, _ = straight_and_resumed
     run_dir = str(tmp_path / "rebase")
@@ -96,6 +100,7 @@ def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed,
     assert lr[14] == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_class_count_is_refused(straight_and_resumed, tmp_path):
     straight, _, _ = straight_and_resumed
     data = str(tmp_path / "five")
@@ -110,6 +115,7 @@ def test_checkpoint_for_another_class_count_is_refused(straight_and_resumed, tmp
     assert code == 2 and "checkpoint for 10 classes, this run is xception_small for 5" in err
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_and_resumed, tmp_path, caplog):
     straight, _, _ = straight_and_resumed
     manager = CheckpointManager(str(tmp_path), "xception_small", keep_max=5)
@@ -151,6 +157,7 @@ def test_resume_without_checkpoints_is_a_clear_error(tmp_path):
         CheckpointManager(str(tmp_path), "m").newest_valid()
 
 
+@pytest.mark.slow
 def test_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
         straight_and_resumed, small_digits, tmp_path):
     straight, _, _ = straight_and_resumed

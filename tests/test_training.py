@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
-from conftest import CPU_RECIPE, QUICK, run_script
+from helpers import CPU_RECIPE, QUICK, run_script
+
+pytestmark = pytest.mark.slow  # train.py runs
 
 EPOCHS = 3
 

@@ -8,9 +8,11 @@ import pytest
 from mindcv.models import create_model
 from PIL import Image
 
-from conftest import CPU_RECIPE, keep_val_images, run_script
+from helpers import CPU_RECIPE, keep_val_images, run_script
 from mindcv_xception.digits import make_digits_folder
 from mindcv_xception.loading import META_KEY
+
+pytestmark = pytest.mark.slow  # validate.py runs
 
 N_VAL = 23  # divides neither by 2 processes nor by the batch of 4
 

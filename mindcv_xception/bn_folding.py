@@ -1,0 +1,85 @@
+"""BatchNorm folded into the convolution before it: the faster network for validation, inference, export.
+
+``inference_network(net)`` is what ``validate.py``, ``infer.py`` and ``export.py`` run (validation
+during training runs the training network, or its EMA copy, in eval mode, unfolded). It returns a new,
+eval-mode copy of a (trained) ``Xception`` in which every BatchNorm is folded into the preceding
+convolution (weight scaled per output channel, a bias added), so a forward pass runs no BatchNorm
+at all. The result equals ``net`` in eval mode up to float rounding (tests/test_bn_folding.py).
+The trained network itself is left untouched.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from .cpu_conv import MatmulConv2d, matmul_conv_switches
+from .network import ConvBnRelu, SepConvBn, Xception, XceptionBlock
+
+__all__ = ["inference_network", "fold_batch_norm"]
+
+
+def fold_batch_norm(weight: np.ndarray, bn: nn.BatchNorm2d) -> Tuple[np.ndarray, np.ndarray]:
+    """Weight and bias of a conv that computes ``bn(conv(x))`` (eval mode) for a bias-free ``conv``.
+
+    ``weight`` is the conv's (out, in, kh, kw) kernel; the arithmetic is done in float64.
+    """
+    gamma, beta, mean, var = (p.asnumpy().astype(np.float64) for p in
+                              (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
+    scale = gamma / np.sqrt(var + bn.eps)
+    folded = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    return folded.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A biased copy of ``conv`` (same geometry) that also applies ``bn``."""
+    if conv.has_bias:
+        raise ValueError("only bias-free convolutions are folded")
+    weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
+    out_channels, in_per_group, kh, kw = weight.shape
+    if isinstance(conv, MatmulConv2d):
+        return MatmulConv2d(in_per_group, out_channels, (kh, kw), stride=tuple(conv.stride), has_bias=True,
+                            as_matmul=conv.as_matmul, weight_init=ms.Tensor(weight), bias_init=ms.Tensor(bias))
+    padding = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
+    folded = nn.Conv2d(in_per_group * conv.group, out_channels, (kh, kw), stride=tuple(conv.stride),
+                       pad_mode=conv.pad_mode, padding=padding, group=conv.group, has_bias=True,
+                       weight_init=ms.Tensor(weight), bias_init=ms.Tensor(bias))
+    return folded
+
+
+def _copy_conv_formulations(source: Xception, target: Xception) -> None:
+    """Give ``target``'s convs the matmul / native choice of ``source``'s (e.g. after ``set_matmul_convs``)."""
+    chosen = {name: getattr(cell, attribute) for name, cell, attribute in matmul_conv_switches(source)}
+    for name, cell, attribute in matmul_conv_switches(target):
+        setattr(cell, attribute, chosen[name])
+
+
+def inference_network(net: Xception) -> Xception:
+    """An exact, eval-mode, faster copy of ``net`` for validation, inference and export.
+
+    Every BatchNorm is folded into the convolution before it (stem convs, pointwise convs,
+    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation. The copy's
+    folded convs have biases, so its parameter names differ from ``net``'s where a BatchNorm was
+    folded: keep checkpoints of ``net``, build this from them.
+    """
+    if not isinstance(net, Xception):
+        raise TypeError(f"inference_network expects a mindcv_xception Xception, got {type(net).__name__}")
+    fast = Xception(**net.init_kwargs)
+    values = {p.name: p for p in net.get_parameters()}
+    for p in fast.get_parameters():
+        p.set_data(values[p.name].data.copy())
+    _copy_conv_formulations(net, fast)
+    for _, cell in fast.cells_and_names():
+        if isinstance(cell, ConvBnRelu):
+            cell.conv, cell.bn = _folded_conv(cell.conv, cell.bn), nn.Identity()
+        elif isinstance(cell, SepConvBn):
+            cell.conv.pointwise, cell.bn = _folded_conv(cell.conv.pointwise, cell.bn), nn.Identity()
+        elif isinstance(cell, XceptionBlock) and cell.downsample:
+            conv, bn = cell.shortcut[0], cell.shortcut[1]
+            cell.shortcut = nn.SequentialCell([_folded_conv(conv, bn)])
+    for name, param in fast.parameters_and_names():
+        param.name = name  # the folded convs' parameters are named after their place (export needs unique names)
+    fast.set_train(False)
+    return fast

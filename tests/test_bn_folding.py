@@ -1,0 +1,90 @@
+"""BatchNorm folding (bn_folding.py): the inference network computes what the eval-mode network computes.
+
+Exactness is "within 1e-5 of the output's largest magnitude" (GRAPH mode, random BatchNorm
+statistics, gammas and betas, so that folding them is really tested).
+"""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindcv.models import create_model
+from mindspore import nn, ops
+
+from helpers import assert_close, images, randomise_batch_norms
+from mindcv_xception import Xception
+from mindcv_xception.bn_folding import fold_batch_norm, inference_network
+from mindcv_xception.cpu_conv import matmul_conv_switches, set_matmul_convs
+from mindcv_xception.network import XCEPTION_SMALL_WIDTHS
+
+
+def test_fold_batch_norm_gives_the_eval_mode_batch_norm_of_the_conv():
+    rng = np.random.default_rng(0)
+    conv, bn = nn.Conv2d(3, 4, 3, pad_mode="valid"), nn.BatchNorm2d(4, eps=1e-3)
+    randomise_batch_norms(bn)
+    bn.set_train(False)
+    weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
+    x = ms.Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    folded = ops.conv2d(x, ms.Tensor(weight), ms.Tensor(bias))
+    assert_close(folded.asnumpy(), bn(conv(x)).asnumpy())
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_classes=10), dict(num_classes=0, global_pool="max"),
+                                    dict(features_only=True, out_indices=(1, 4))])
+def test_inference_network_equals_eval_network_with_random_batch_norms(kwargs):
+    net = create_model("xception_small", **kwargs)
+    randomise_batch_norms(net)
+    net.set_train(False)
+    x = images(2, 83)
+    expected = net(x)
+    fast = inference_network(net)
+    actual = fast(x)
+    if kwargs.get("features_only"):
+        assert len(actual) == len(expected) == 2
+        for a, e in zip(actual, expected):
+            assert_close(a.asnumpy(), e.asnumpy())
+    else:
+        assert_close(actual.asnumpy(), expected.asnumpy())
+
+
+def test_inference_network_has_no_batch_norm_and_is_in_eval_mode():
+    net = create_model("xception_small", num_classes=3, drop_rate=0.5)
+    net.set_train(True)
+    fast = inference_network(net)
+    assert not any(isinstance(c, nn.BatchNorm2d) for _, c in fast.cells_and_names())
+    assert not fast.training
+    x = images(2, 71)
+    np.testing.assert_array_equal(fast(x).asnumpy(), fast(x).asnumpy())  # no dropout
+
+
+@pytest.mark.parametrize("as_matmul", [False, True])
+def test_inference_network_keeps_the_conv_formulation_of_the_network(as_matmul):
+    net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
+    set_matmul_convs(net, as_matmul)
+    flags = [getattr(cell, attribute) for _, cell, attribute in matmul_conv_switches(inference_network(net))]
+    assert len(flags) == 2 + 3 * 2 + 1 * 3 + 2 + 2 + 4  # stem, entry, middle, exit, tail; 4 shortcuts
+    assert set(flags) == {as_matmul}
+
+
+def test_inference_network_leaves_the_trained_network_untouched():
+    net = create_model("xception_small", num_classes=3)
+    randomise_batch_norms(net)
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    inference_network(net)
+    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+    assert sum(isinstance(c, nn.BatchNorm2d) for _, c in net.cells_and_names()) == 2 + 4 + 6 + 24 + 2 + 2
+
+
+def test_inference_network_follows_a_reset_classifier():
+    net = create_model("xception_small", num_classes=1000)
+    net.reset_classifier(5, global_pool="max")
+    net.set_train(False)
+    x = images(1, 71)
+    assert_close(inference_network(net)(x).asnumpy(), net(x).asnumpy())
+
+
+def test_inference_network_refuses_other_networks():
+    with pytest.raises(TypeError, match="Xception"):
+        inference_network(nn.Dense(2, 2))
+    assert isinstance(inference_network(Xception(widths=create_model("xception_small").init_kwargs["widths"],
+                                                 num_classes=2)), Xception)
