@@ -16,12 +16,15 @@ import re
 from typing import Dict, List, Optional, Tuple, Union
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 
+from .run_folder import stale_temporaries
 from .loading import META_KEY, CheckpointError, checkpoint_meta, named_parameters, read_checkpoint
 
 logger = logging.getLogger(__name__)
-_EPOCH_FILE = re.compile(r"-e(\d{4,})\.ckpt$")
+# "<model>-e0003.ckpt": after epoch 3; "<model>-e0003-s00012.ckpt": epoch 3 done and 12 steps of epoch 4
+_EPOCH_FILE = re.compile(r"-e(\d{4,})(?:-s(\d{5,}))?\.ckpt$")
 
 
 def training_state(step_cell: nn.Cell, network: nn.Cell) -> Dict[str, ms.Parameter]:
@@ -43,9 +46,31 @@ def training_state(step_cell: nn.Cell, network: nn.Cell) -> Dict[str, ms.Paramet
     return state
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only folder); earlier ones are intact."""
+
+
+class NonFiniteWeights(CheckpointError):
+    """A state with NaN or infinite values: never written as a checkpoint."""
+
+
+def nonfinite_parameter(state: Union[nn.Cell, Dict[str, ms.Parameter]]) -> Optional[str]:
+    """The name of the first parameter holding NaN or infinity, or None if every value is finite."""
+    items = state.items() if isinstance(state, dict) else ((p.name, p) for p in state.get_parameters())
+    for name, param in items:
+        values = param.asnumpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return name
+    return None
+
+
 def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta: Dict[str, object]) -> None:
-    """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file and a rename."""
+    """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file and a rename.
+
+    On any failure (disk full, read-only folder) the temporary files are removed and ``path`` is untouched.
+    """
     tmp = f"{path}.tmp-{os.getpid()}.ckpt"  # MindSpore appends .ckpt to any other name
+    ms_tmp = os.path.splitext(tmp)[0] + ".tmp"  # and writes through this name of its own
     if isinstance(state, dict):
         state = [{"name": name, "data": param} for name, param in state.items()]
     try:
@@ -54,16 +79,21 @@ def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, ms_tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def _link_atomic(target: str, link: str) -> None:
     tmp = f"{link}.tmp-{os.getpid()}"
-    if os.path.exists(tmp):
+    if os.path.lexists(tmp):
         os.remove(tmp)
-    os.link(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.link(target, tmp)
+        os.replace(tmp, link)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 class CheckpointManager:
@@ -72,7 +102,7 @@ class CheckpointManager:
     def __init__(self, run_dir: str, model_name: str, keep_max: int = 5) -> None:
         self.run_dir, self.model_name, self.keep_max = run_dir, model_name, max(1, keep_max)
         os.makedirs(run_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(run_dir, "*.tmp-*")):  # left by a kill during a write
+        for stale in stale_temporaries(run_dir):  # left by a kill during a write (not another run's, in flight)
             os.remove(stale)
 
     @property
@@ -83,33 +113,48 @@ class CheckpointManager:
     def best_path(self) -> str:
         return os.path.join(self.run_dir, "best.ckpt")
 
-    def epoch_path(self, epoch: int) -> str:
-        return os.path.join(self.run_dir, f"{self.model_name}-e{epoch:04d}.ckpt")
+    def epoch_path(self, epoch: int, step: int = 0) -> str:
+        """The file of the state after ``epoch`` epochs and ``step`` steps of the next one."""
+        tail = f"-s{step:05d}" if step else ""
+        return os.path.join(self.run_dir, f"{self.model_name}-e{epoch:04d}{tail}.ckpt")
 
-    def epoch_files(self) -> List[Tuple[int, str]]:
-        """The epoch checkpoints on disk, oldest first (read from the folder, so it survives restarts)."""
+    def epoch_files(self) -> List[Tuple[Tuple[int, int], str]]:
+        """The checkpoints on disk as ((epoch, step), path), oldest first (read from the folder, so it
+        survives restarts); step is 0 for end-of-epoch checkpoints, else the steps done of the next epoch."""
         found = []
         for path in glob.glob(os.path.join(self.run_dir, "*.ckpt")):
             match = _EPOCH_FILE.search(os.path.basename(path))
             if match:
-                found.append((int(match.group(1)), path))
+                found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
         return sorted(found)
 
     def save(self, state: Union[nn.Cell, Dict[str, ms.Parameter]], epoch: int, meta: Dict[str, object],
-             is_best: bool = False) -> Optional[str]:
-        """Write the checkpoint of a finished ``epoch``; update last/best links and retention.
+             is_best: bool = False, step: int = 0) -> Optional[str]:
+        """Write the checkpoint after ``epoch`` epochs (and ``step`` steps of the next one, when a run is
+        stopped mid-epoch); update last/best links and retention.
 
-        A failed write (disk full, ...) is logged and leaves every earlier checkpoint untouched.
+        A failed write (disk full, read-only folder) raises ``CheckpointWriteError`` and leaves every
+        earlier checkpoint untouched; non-finite weights raise ``NonFiniteWeights`` and are not written.
         """
-        path = self.epoch_path(epoch)
+        path = self.epoch_path(epoch, step)
+        bad = nonfinite_parameter(state)
+        if bad is not None:
+            good = self.epoch_files()
+            raise NonFiniteWeights(
+                f"the weights after epoch {epoch}{f' step {step}' if step else ''} are not finite ({bad}); not "
+                f"saved. The last good checkpoint is {good[-1][1] if good else 'none (no epoch finished)'}: "
+                f"resume it with a lower learning rate (--resume PATH --lr ...)")
         try:
             write_atomic(state, path, meta)
             _link_atomic(path, self.last_path)
             if is_best:
                 _link_atomic(path, self.best_path)
         except OSError as exc:
-            logger.error("could not write checkpoint %s (%s); the previous checkpoints are intact", path, exc)
-            return None
+            good = [p for _, p in self.epoch_files() if p != path]
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoints are kept "
+                f"(newest: {good[-1] if good else 'none'}); free space or make {self.run_dir} writable, then "
+                f"continue with --resume") from None
         for _, old in self.epoch_files()[:-self.keep_max]:
             os.remove(old)
         return path

@@ -78,6 +78,7 @@ OPTIONS: List[Option] = [
     O("pretrained", "bool", False, "start from the official Keras ImageNet weights (new head if num_classes differs)"),
     O("ckpt_path", "str", "", "start from these weights (fine-tuning; not a resume)"),
     O("resume", "str", "", "continue a run: 'auto' (newest valid checkpoint in ckpt_save_dir) or a path"),
+    O("overwrite", "bool", False, "start a new run in a ckpt_save_dir holding another run's checkpoints: delete them"),
     # optimisation
     O("epoch_size", "int", 10, "number of epochs"),
     O("opt", "str", "sgd", "optimizer (mindcv create_optimizer)", ("sgd", "momentum", "adamw", "rmsprop", "adam")),
@@ -130,6 +131,28 @@ class Config(dict):
         """A short hash of the settings that shape the training run (for checkpoints)."""
         keys = ("model", "num_classes", "image_resize", "batch_size", "epoch_size", "opt", "scheduler", "ema")
         return hashlib.sha1(json.dumps({k: self[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# settings a checkpoint cannot be resumed under when they change (state shapes, step counts, data order
+# per step); any other change is resumed with a warning naming it
+RESUME_FIXED = ("model", "num_classes", "in_channels", "middle_depth", "epoch_size", "batch_size",
+                "gradient_accumulation_steps", "drop_remainder", "opt", "ema", "amp_level", "loss_scale_type")
+_NOT_RECORDED = ("resume", "overwrite", "config", "ckpt_save_dir")
+
+
+def run_settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings a training checkpoint records (every option but resume, overwrite and the run folder)."""
+    return {name: cfg[name] for name in OPTIONS_BY_NAME if name in cfg and name not in _NOT_RECORDED}
+
+
+def resume_differences(saved: Dict[str, Any], cfg: Dict[str, Any]):
+    """``(fixed, other)``: the recorded settings that differ now, as "key old -> new" strings."""
+    fixed, other = [], []
+    for name, old in sorted(saved.items()):
+        if name in _NOT_RECORDED or name not in cfg or cfg[name] == old:
+            continue
+        (fixed if name in RESUME_FIXED else other).append(f"{name} {old!r} -> {cfg[name]!r}")
+    return fixed, other
 
 
 def _unknown(name: str, where: str) -> ConfigError:

@@ -229,14 +229,17 @@ def _pipeline(source: DecodedImages, cfg, is_training: bool, columns: List[str])
     return dataset
 
 
-def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1):
-    """This rank's training batches for ``epoch`` (and the source, for its failure count)."""
+def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1, skip_batches: int = 0):
+    """This rank's training batches for ``epoch`` (and the source, for its failure count).
+
+    ``skip_batches`` leaves out the first batches of the epoch's order (already trained before a stop).
+    """
     import mindspore.dataset as ds
 
     # augmentation randomness, like the order, depends on (seed, epoch) only
     ds.config.set_seed(cfg.seed * 1000 + epoch)
-    source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world),
-                           grayscale=cfg.in_channels == 1)
+    order = train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world)[skip_batches * cfg.batch_size:]
+    source = DecodedImages(folder, order, grayscale=cfg.in_channels == 1)
     dataset = _pipeline(source, cfg, True, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     if cfg.mixup > 0 or cfg.cutmix > 0:
