@@ -10,7 +10,9 @@ import argparse
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -23,7 +25,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """One config key: its type ('str', 'int', 'float', 'bool', 'list[int]', 'list[float]'), default, help."""
+    """One config key: its type ('str', 'int', 'float', 'bool', 'list[int]', 'list[float]'), default, help.
+
+    ``range`` bounds every number (of a list: every item) in interval notation, e.g. ``"[0, inf)"``,
+    ``"(0, 1]"``; ``length`` fixes a list's length and ``increasing`` asks its items in non-decreasing
+    order. Float values must be finite. All are checked when the value is parsed, before anything is built.
+    """
 
     name: str
     type: str
@@ -31,6 +38,44 @@ class Option:
     help: str
     choices: Optional[Sequence[Any]] = None
     nullable: bool = False
+    range: Optional[str] = None
+    length: Optional[int] = None
+    increasing: bool = False
+
+    def limits(self) -> str:
+        """The valid values in words, for --help and error messages ('' when any value of the type goes)."""
+        parts = []
+        if self.length:
+            parts.append(f"{self.length} numbers" + (", increasing" if self.increasing else ""))
+        if self.range:
+            parts.append(f"{'each ' if self.type.startswith('list[') else ''}in {self.range}")
+        return "; ".join(parts)
+
+
+_RANGE = re.compile(r"^([\[(])\s*(-?[\d.e+-]+|-inf)\s*,\s*(-?[\d.e+-]+|inf)\s*([\])])$")
+
+
+def _in_range(value: float, interval: str) -> bool:
+    left, low, high, right = _RANGE.match(interval).groups()
+    low, high = float(low), float(high)
+    above = value > low if left == "(" else value >= low
+    below = value < high if right == ")" else value <= high
+    return above and below
+
+
+def int_in(interval: str):
+    """An argparse ``type``: an int in ``interval`` (e.g. ``"[71, inf)"``), refused at parse time otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int, got '{text}'") from None
+        if not _in_range(value, interval):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
+        return value
+
+    return parse
 
 
 O = Option
@@ -40,78 +85,84 @@ OPTIONS: List[Option] = [
     O("jit_level", "str", "O1", "graph compile level; O2 exists on Ascend only, others fall back to O1", ("O0", "O1", "O2")),
     O("device_target", "str", "auto", "auto picks Ascend, else GPU, else CPU", ("auto", "Ascend", "GPU", "CPU")),
     O("distribute", "bool", False, "data parallel across the processes started by msrun"),
-    O("seed", "int", 42, "seed of weights, data order and augmentation (the same on every rank)"),
-    O("num_parallel_workers", "int", 2, "data-loading threads per process"),
+    O("seed", "int", 42, "seed of weights, data order and augmentation (the same on every rank)", range="[0, inf)"),
+    O("num_parallel_workers", "int", 2, "data-loading threads per process", range="[1, inf)"),
     # data
     O("dataset", "str", "imagefolder", "imagefolder: data_dir/<class>/*, or data_dir/{train,val}/<class>/*",
       ("imagefolder", "imagenet")),
     O("data_dir", "str", "", "the image folder"),
     O("train_split", "str", "train", "sub-folder of data_dir for training (if it exists)"),
     O("val_split", "str", "val", "sub-folder of data_dir for validation (if it exists)"),
-    O("val_fraction", "float", 0.1, "held-out share of each class when data_dir has no val folder"),
+    O("val_fraction", "float", 0.1, "held-out share of each class when data_dir has no val folder", range="(0, 1)"),
     O("shuffle", "bool", True, "shuffle the training set each epoch (the order depends on seed and epoch only)"),
-    O("batch_size", "int", 32, "per-device batch size"),
+    O("batch_size", "int", 32, "per-device batch size", range="[1, inf)"),
     O("drop_remainder", "bool", True, "drop the last incomplete training batch"),
-    O("image_resize", "int", 299, "network input size (Xception: 299, at least 71)"),
-    O("crop_pct", "float", 0.8975, "validation: resize the shorter side to image_resize / crop_pct, center-crop"),
+    O("image_resize", "int", 299, "network input size (Xception: 299, at least 71)", range="[71, inf)"),
+    O("crop_pct", "float", 0.8975, "validation: resize the shorter side to image_resize / crop_pct, center-crop",
+      range="(0, 1]"),
     O("interpolation", "str", "bicubic", "resize interpolation", ("bilinear", "bicubic", "nearest", "area")),
-    O("scale", "list[float]", [0.08, 1.0], "random-resized-crop area range"),
-    O("ratio", "list[float]", [0.75, 1.333], "random-resized-crop aspect range"),
-    O("hflip", "float", 0.5, "horizontal flip probability"),
-    O("vflip", "float", 0.0, "vertical flip probability"),
-    O("color_jitter", "list[float]", None, "brightness, contrast, saturation[, hue] jitter", nullable=True),
+    O("scale", "list[float]", [0.08, 1.0], "random-resized-crop area range", range="(0, 1]", length=2, increasing=True),
+    O("ratio", "list[float]", [0.75, 1.333], "random-resized-crop aspect range",
+      range="(0, inf)", length=2, increasing=True),
+    O("hflip", "float", 0.5, "horizontal flip probability", range="[0, 1]"),
+    O("vflip", "float", 0.0, "vertical flip probability", range="[0, 1]"),
+    O("color_jitter", "list[float]", None, "brightness, contrast, saturation[, hue] jitter", nullable=True,
+      range="[0, inf)"),
     O("auto_augment", "str", None, "mindcv auto-augment policy, e.g. autoaug, randaug-m9-mstd0.5", nullable=True),
-    O("re_prob", "float", 0.0, "random erasing probability"),
-    O("mixup", "float", 0.0, "mixup alpha (0: off)"),
-    O("cutmix", "float", 0.0, "cutmix alpha (0: off)"),
-    O("mixup_prob", "float", 1.0, "probability of mixing a batch when mixup or cutmix is on"),
-    O("mixup_switch_prob", "float", 0.5, "probability of cutmix instead of mixup when both are on"),
-    O("mean", "list[float]", [127.5, 127.5, 127.5], "per-channel mean (0-255); Xception's weights: x / 127.5 - 1"),
-    O("std", "list[float]", [127.5, 127.5, 127.5], "per-channel std (0-255)"),
+    O("re_prob", "float", 0.0, "random erasing probability", range="[0, 1]"),
+    O("mixup", "float", 0.0, "mixup alpha (0: off)", range="[0, inf)"),
+    O("cutmix", "float", 0.0, "cutmix alpha (0: off)", range="[0, inf)"),
+    O("mixup_prob", "float", 1.0, "probability of mixing a batch when mixup or cutmix is on", range="[0, 1]"),
+    O("mixup_switch_prob", "float", 0.5, "probability of cutmix instead of mixup when both are on", range="[0, 1]"),
+    O("mean", "list[float]", [127.5, 127.5, 127.5], "per-channel mean (0-255); Xception's weights: x / 127.5 - 1",
+      range="[0, 255]"),
+    O("std", "list[float]", [127.5, 127.5, 127.5], "per-channel std (0-255)", range="(0, inf)"),
     # model
     O("model", "str", "xception", "registered model name", ("xception", "xception_small")),
-    O("num_classes", "int", 0, "classes; 0 takes the number of class folders"),
-    O("in_channels", "int", 3, "input channels"),
-    O("bn_momentum", "float", 0.99, "BatchNorm moving-average decay (Keras: 0.99; 0.9 settles faster in short runs)"),
-    O("middle_depth", "int", 8, "middle-flow blocks (paper: 8; fewer for quick experiments)"),
-    O("drop_rate", "float", 0.5, "dropout before the classifier (paper: 0.5)"),
+    O("num_classes", "int", 0, "classes; 0 takes the number of class folders", range="[0, inf)"),
+    O("in_channels", "int", 3, "input channels", range="[1, inf)"),
+    O("bn_momentum", "float", 0.99, "BatchNorm moving-average decay (Keras: 0.99; 0.9 settles faster in short runs)",
+      range="[0, 1]"),
+    O("middle_depth", "int", 8, "middle-flow blocks (paper: 8; fewer for quick experiments)", range="[0, inf)"),
+    O("drop_rate", "float", 0.5, "dropout before the classifier (paper: 0.5)", range="[0, 1)"),
     O("pretrained", "bool", False, "start from the official Keras ImageNet weights (new head if num_classes differs)"),
     O("ckpt_path", "str", "", "start from these weights (fine-tuning; not a resume)"),
     O("resume", "str", "", "continue a run: 'auto' (newest valid checkpoint in ckpt_save_dir) or a path"),
     O("overwrite", "bool", False, "start a new run in a ckpt_save_dir holding another run's checkpoints: delete them"),
     # optimisation
-    O("epoch_size", "int", 10, "number of epochs"),
+    O("epoch_size", "int", 10, "number of epochs", range="[1, inf)"),
     O("opt", "str", "sgd", "optimizer (mindcv create_optimizer)", ("sgd", "momentum", "adamw", "rmsprop", "adam")),
-    O("lr", "float", 0.045, "base learning rate, for lr_base_batch_size"),
-    O("min_lr", "float", 0.0, "final learning rate of the decay (scaled like lr)"),
+    O("lr", "float", 0.045, "base learning rate, for lr_base_batch_size", range="[0, inf)"),
+    O("min_lr", "float", 0.0, "final learning rate of the decay (scaled like lr)", range="[0, inf)"),
     O("lr_scale", "bool", True, "scale lr, min_lr linearly by global batch / lr_base_batch_size"),
-    O("lr_base_batch_size", "int", 256, "the global batch size the lr was tuned for"),
-    O("momentum", "float", 0.9, "SGD momentum"),
-    O("weight_decay", "float", 1e-5, "weight decay"),
+    O("lr_base_batch_size", "int", 256, "the global batch size the lr was tuned for", range="[1, inf)"),
+    O("momentum", "float", 0.9, "SGD momentum", range="[0, 1]"),
+    O("weight_decay", "float", 1e-5, "weight decay", range="[0, inf)"),
     O("use_nesterov", "bool", False, "Nesterov momentum"),
     O("filter_bias_and_bn", "bool", True, "no weight decay on biases and BatchNorm"),
-    O("gradient_accumulation_steps", "int", 1, "batches per optimizer update"),
+    O("gradient_accumulation_steps", "int", 1, "batches per optimizer update", range="[1, inf)"),
     O("scheduler", "str", "warmup_cosine_decay", "mindcv learning-rate schedule",
       ("constant", "cosine_decay", "warmup_cosine_decay", "step_decay", "exponential_decay", "polynomial_decay")),
-    O("warmup_epochs", "int", 0, "linear warm-up epochs"),
-    O("warmup_factor", "float", 0.0, "warm-up starts at warmup_factor * lr"),
-    O("decay_epochs", "int", 0, "step_decay: epochs per decay; cosine: decay length (0: to the end)"),
-    O("decay_rate", "float", 0.94, "step_decay / exponential_decay factor"),
+    O("warmup_epochs", "int", 0, "linear warm-up epochs", range="[0, inf)"),
+    O("warmup_factor", "float", 0.0, "warm-up starts at warmup_factor * lr", range="[0, 1]"),
+    O("decay_epochs", "int", 0, "step_decay: epochs per decay; cosine: decay length (0: to the end)", range="[0, inf)"),
+    O("decay_rate", "float", 0.94, "step_decay / exponential_decay factor", range="(0, inf)"),
     O("lr_epoch_stair", "bool", False, "change the lr once per epoch instead of every step"),
     O("loss", "str", "CE", "loss (mindcv create_loss)", ("CE", "BCE")),
-    O("label_smoothing", "float", 0.0, "label smoothing"),
+    O("label_smoothing", "float", 0.0, "label smoothing", range="[0, 1)"),
     O("amp_level", "str", "O0", "mixed precision: O0 fp32, O2/O3 fp16 (slow on CPU)", ("O0", "O1", "O2", "O3")),
-    O("loss_scale", "float", 1.0, "loss scale (initial value when dynamic)"),
+    O("loss_scale", "float", 1.0, "loss scale (initial value when dynamic)", range="(0, inf)"),
     O("loss_scale_type", "str", "fixed", "fixed, or dynamic (Ascend/GPU; skips overflowed steps)", ("fixed", "dynamic")),
     O("ema", "bool", False, "keep an exponential moving average of the weights (the paper's Polyak averaging)"),
-    O("ema_decay", "float", 0.9999, "EMA decay"),
-    O("max_nonfinite_steps", "int", 20, "stop when the loss stays non-finite this many steps in a row"),
+    O("ema_decay", "float", 0.9999, "EMA decay", range="[0, 1]"),
+    O("max_nonfinite_steps", "int", 20, "stop when the loss stays non-finite this many steps in a row",
+      range="[1, inf)"),
     # evaluation, checkpoints, logs
     O("val_while_train", "bool", True, "validate after epochs"),
-    O("val_interval", "int", 1, "validate every this many epochs"),
+    O("val_interval", "int", 1, "validate every this many epochs", range="[1, inf)"),
     O("ckpt_save_dir", "str", "./runs/xception", "run folder: checkpoints, config, metrics, curves"),
-    O("keep_checkpoint_max", "int", 5, "epoch checkpoints kept besides last.ckpt and best.ckpt"),
-    O("log_interval", "int", 20, "steps between progress lines"),
+    O("keep_checkpoint_max", "int", 5, "epoch checkpoints kept besides last.ckpt and best.ckpt", range="[1, inf)"),
+    O("log_interval", "int", 20, "steps between progress lines", range="[1, inf)"),
     O("use_ema_weights", "bool", True, "validate.py / infer: use EMA weights when the checkpoint has them"),
 ]
 OPTIONS_BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -189,7 +240,10 @@ def check_value(opt: Option, value: Any, where: str = "the config") -> Any:
             value = value.replace("[", "").replace("]", "").replace(",", " ").split()
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{opt.name} in {where} must be a list of {kind}, got {value!r}")
-        return [check_value(Option(opt.name, kind, None, ""), v, where) for v in value]
+        items = [check_value(Option(opt.name, kind, None, "", range=opt.range), v, where) for v in value]
+        if (opt.length and len(items) != opt.length) or (opt.increasing and items != sorted(items)):
+            raise ConfigError(f"{opt.name} in {where} must be {opt.limits()}, got {' '.join(map(str, items))}")
+        return items
     if isinstance(value, str) and opt.type != "str":
         value = _parse_scalar(value, opt.type, opt.name, where)
     ok = {
@@ -203,6 +257,10 @@ def check_value(opt: Option, value: Any, where: str = "the config") -> Any:
         raise ConfigError(f"{opt.name} in {where} must be {article} {opt.type}, got {value!r}")
     if opt.type == "float":
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{opt.name} in {where} must be a finite number, got {value}")
+    if opt.range and not _in_range(value, opt.range):
+        raise ConfigError(f"{opt.name} in {where} must be in {opt.range}, got {value}")
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(f"{opt.name} in {where} must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
     return value
@@ -233,7 +291,8 @@ def build_parser(description: str, extra: Sequence[Option] = ()) -> argparse.Arg
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-c", "--config", default="", help="YAML recipe (configs/xception/*.yaml)")
     for opt in list(OPTIONS) + list(extra):
-        kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"{opt.help} (default: {opt.default})")
+        limits = f"; {opt.limits()}" if opt.limits() else ""
+        kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"{opt.help} (default: {opt.default}{limits})")
         if opt.type.startswith("list["):
             kwargs["nargs"] = "+"
         if opt.name == "resume":

@@ -19,6 +19,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .config import int_in
 from .fast import inference_network
 from .inference import load_for_inference
 from .network import set_matmul_convs
@@ -71,10 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
     parser.add_argument("--output", default=None, help="output name without extension (default: next to the checkpoint)")
-    parser.add_argument("--image_size", type=int, default=None, help="static input size (default: the model's, 299)")
-    parser.add_argument("--batch_size", type=int, default=1, help="static batch size")
+    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
+                        help="static input size (default: the model's, 299; at least 71)")
+    parser.add_argument("--batch_size", type=int_in("[1, inf)"), default=1, help="static batch size")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")
-    parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--num_classes", type=int_in("[0, inf)"), default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
     try:
         path = export_checkpoint(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,

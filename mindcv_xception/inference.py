@@ -153,15 +153,17 @@ def classify(net: nn.Cell, paths: Sequence[str], names: Sequence[str], image_siz
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``: top-5 classes per image."""
+    from .config import int_in
     from .models import default_cfgs
 
     parser = argparse.ArgumentParser(prog="infer.py", description="Top-5 classes of images with an Xception checkpoint.")
     parser.add_argument("images", nargs="+", help="image files or directories")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say (default xception)")
-    parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--image_size", type=int, default=None, help="crop size (default: the model's, 299)")
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--num_classes", type=int_in("[1, inf)"), default=None, help="default: the checkpoint's")
+    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
+                        help="crop size (default: the model's, 299; at least 71)")
+    parser.add_argument("--top_k", type=int_in("[1, inf)"), default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
     args = parser.parse_args(argv)
     try:

@@ -320,11 +320,10 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
                         loss_sum, loss_count = loss_sum + loss, loss_count + 1
                         if (i + 1) % cfg.log_interval == 0 or i + 1 == steps:
                             rate = seen * runtime.world / (train_time + time.time() - epoch_start)
+                            lr_now = lr_table(optimizer).asnumpy()[min(global_step, steps * cfg.epoch_size) - 1]
                             logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s", epoch + 1,
-                                        cfg.epoch_size, i + 1, steps,
-                                        float(np.mean(losses[-cfg.log_interval:])),
-                                        float(lr_table(optimizer).asnumpy()[min(global_step, steps * cfg.epoch_size) - 1]),
-                                        rate)
+                                        cfg.epoch_size, i + 1, steps, float(np.mean(losses[-cfg.log_interval:])),
+                                        float(lr_now), rate)
                     if stop.signum is not None and i + 1 < steps:
                         _save_interrupted(stop.signum, manager, state, runtime, dict(
                             run_meta, epoch=epoch, step_in_epoch=i + 1, global_step=global_step, best_top1=best,

@@ -1,4 +1,6 @@
 """Recipe configuration: YAML defaults, command-line overrides, checked keys and values."""
+import os
+
 import pytest
 import yaml
 
@@ -144,3 +146,16 @@ def test_help_shows_the_valid_range(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.8975; in (0, 1])" in help_text and "(default: 299; in [71, inf))" in help_text
     assert "(default: [0.08, 1.0]; 2 numbers, increasing; each in (0, 1])" in help_text
+
+
+@pytest.mark.parametrize("script", ["inference", "export"])
+def test_input_size_below_71_is_refused_before_anything_is_built(script, capsys, tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # a compile would leave a rank_0/ graph dump here
+    main = importlib.import_module(f"mindcv_xception.{script}").main
+    args = ["--ckpt_path", "missing.ckpt", "--image_size", "70"] + (["x.jpg"] if script == "inference" else [])
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and "argument --image_size: must be in [71, inf), got 70" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
