@@ -41,6 +41,14 @@ class ImageFolder:
         return len(self.samples)
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """``img`` with 8 bits per channel: 16-bit grey (PIL modes I;16*, I) is scaled by 255/65535, not clipped."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.round(np.clip(values, 0, 65535) / 257.0).astype(np.uint8), "L")
+    return img
+
+
 def _class_dirs(root: str) -> List[str]:
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {root}; pass --data_dir pointing at a folder of class sub-folders")
@@ -77,12 +85,13 @@ def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
         if not files:
             raise DataError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
                             f"add images or remove the folder")
-        for f in files:
-            path = os.path.join(folder, f)
-            if _readable(path):
-                samples.append((path, label))
-            else:
-                unreadable.append(path)
+        paths = [os.path.join(folder, f) for f in files]
+        readable = [path for path in paths if _readable(path)]
+        if not readable:
+            raise DataError(f"class folder {folder} has no readable images (all {len(files)} are corrupt or not "
+                            f"images, e.g. {files[0]}); replace them or remove the folder")
+        samples += [(path, label) for path in readable]
+        unreadable += sorted(set(paths) - set(readable))
     if unreadable:
         logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(unreadable), unreadable[0])
     return ImageFolder(root, classes, samples, unreadable)
@@ -127,15 +136,21 @@ def find_val_split(data_dir: str, val_split: str = "val", class_names: Optional[
     val_dir = os.path.join(data_dir, val_split)
     if os.path.isdir(val_dir):
         return scan_image_folder(val_dir, class_names)
-    return find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)[1]
+    train, val = find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)
+    if train.samples:  # a plain <class>/ folder: only its held-out share is scored
+        logger.warning("%s has no %s/ folder: scoring only the held-out share of each class (%d of %d images; "
+                       "val_fraction %s, seed %s), which a training run with these settings did not train on",
+                       data_dir, val_split, len(val), len(train) + len(val), val_fraction, seed)
+    return val
 
 
 class DecodedImages:
     """Random-access source of (HWC uint8 image, label[, valid]) for ``GeneratorDataset``.
 
     ``indices`` picks (and orders) the samples; -1 marks a padding item (valid = 0), used to give every
-    validation batch the same shape. A file that fails to decode is replaced by the next sample and
-    counted in ``failures``.
+    validation batch the same shape. A file that fails to decode is counted in ``failures``; for training
+    it is replaced by the next sample, for validation (``with_valid``) it becomes a masked-out item
+    (valid = 0), so it is neither scored nor counted.
     """
 
     def __init__(self, folder: ImageFolder, indices: Sequence[int], grayscale: bool = False,
@@ -150,7 +165,7 @@ class DecodedImages:
 
     def _decode(self, path: str) -> np.ndarray:
         with Image.open(path) as img:
-            img = img.convert("L" if self.grayscale else "RGB")
+            img = eight_bit(img).convert("L" if self.grayscale else "RGB")
             arr = np.asarray(img, dtype=np.uint8)
         return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -164,11 +179,14 @@ class DecodedImages:
             try:
                 image = self._decode(path)
                 break
-            except Exception:  # a corrupt file: count it and use the next image
+            except Exception:  # a corrupt file: count it and use the next image (validation: mask it out)
                 with self._lock:
                     if path not in self.failures:
                         self.failures.append(path)
                         logger.warning("skipping unreadable image %s", path)
+                if self.with_valid:
+                    blank = np.zeros((8, 8, 1 if self.grayscale else 3), np.uint8)
+                    return blank, np.int32(label), np.float32(0)
         else:
             raise DataError(f"no image in {self.folder.root} could be decoded")
         label = np.int32(label)

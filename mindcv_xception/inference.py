@@ -38,7 +38,9 @@ def preprocess(image, image_size: int = 299, crop_pct: float = DEFAULT_CROP_PCT)
     shorter side to ``floor(image_size / crop_pct)``, center crop, ``x / 127.5 - 1``."""
     from PIL import Image
 
-    image = image.convert("RGB")
+    from .data import eight_bit
+
+    image = eight_bit(image).convert("RGB")  # 16-bit grey scaled, not clipped
     scale_size = math.floor(image_size / crop_pct)
     width, height = image.size
     if width <= height:
