@@ -64,6 +64,13 @@ def nonfinite_parameter(state: Union[nn.Cell, Dict[str, ms.Parameter]]) -> Optio
     return None
 
 
+class _WithoutSaveFailure(logging.Filter):
+    """Drops MindSpore's own 'Failed to save the checkpoint file' record: our error says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to save the checkpoint file" not in str(record.msg)
+
+
 def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta: Dict[str, object]) -> None:
     """Save a cell (or name -> Parameter) and ``meta`` to ``path`` via a temporary file and a rename.
 
@@ -73,12 +80,16 @@ def write_atomic(state: Union[nn.Cell, Dict[str, ms.Parameter]], path: str, meta
     ms_tmp = os.path.splitext(tmp)[0] + ".tmp"  # and writes through this name of its own
     if isinstance(state, dict):
         state = [{"name": name, "data": param} for name, param in state.items()]
+    ms_logger = logging.getLogger(f"ME.mindspore.log.{os.getpid()}")  # the name mindspore.log gives its logger
+    quiet = _WithoutSaveFailure()
+    ms_logger.addFilter(quiet)
     try:
         ms.save_checkpoint(state, tmp, append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
+        ms_logger.removeFilter(quiet)
         for leftover in (tmp, ms_tmp):
             if os.path.exists(leftover):
                 os.remove(leftover)

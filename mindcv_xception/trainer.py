@@ -291,16 +291,14 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.epoch_size):
             # a run stopped mid-epoch continues with the next batch of the same (seed, epoch) order
-            partial = meta.get("partial_epoch") if epoch == start_epoch and skip else None
+            first = skip if epoch == start_epoch else 0  # steps of this epoch done before a stop
+            partial = (meta.get("partial_epoch") or {}) if first else {}
             dataset, source = data_mod.train_dataset(train_folder, cfg, epoch, runtime.rank, runtime.world,
-                                                     skip_batches=skip if partial is not None else 0)
+                                                     skip_batches=first)
             step_cell.set_train(True)
-            epoch_start, losses, seen = time.time(), [], 0  # losses: this process's finite ones (log window)
-            loss_sum, loss_count, train_time = 0.0, 0, 0.0
-            if partial is not None:
-                loss_sum, loss_count = partial["loss_sum"], partial["losses"]
-                seen, train_time = partial["seen"], partial["train_time"]
-            first = skip if partial is not None else 0
+            epoch_start, losses = time.time(), []  # losses: this process's finite ones (for the log window)
+            loss_sum, loss_count = partial.get("loss_sum", 0.0), partial.get("losses", 0)
+            seen, train_time = partial.get("seen", 0), partial.get("train_time", 0.0)
             iterator = dataset.create_tuple_iterator(num_epochs=1)
             try:
                 for i, (images, labels) in enumerate(iterator, start=first):

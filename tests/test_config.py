@@ -131,10 +131,6 @@ def test_lists_of_two_increasing_numbers_are_checked(flag, values, message):
         parse_config([f"--{flag}", *values])
 
 
-def test_equal_bounds_are_a_valid_range():
-    assert parse_config(["--scale", "1", "1", "--ratio", "1", "1"]).scale == [1.0, 1.0]
-
-
 def test_out_of_range_recipe_values_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"lr in .*r.yaml must be in \[0, inf\)"):
         parse_config(["--config", recipe(tmp_path, lr=-1.0)])
