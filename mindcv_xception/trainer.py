@@ -235,10 +235,6 @@ def train(cfg: Config) -> Dict[str, object]:
 def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
     if cfg.pretrained and cfg.ckpt_path:
         raise ValueError("pretrained and ckpt_path both name starting weights; give one of them")
-    if not cfg.resume and runtime.is_main:
-        claim_for_new_run(run_dir, [p for _, p in CheckpointManager(run_dir, cfg.model, 1).epoch_files()]
-                          + [p for p in (os.path.join(run_dir, "last.ckpt"),) if os.path.exists(p)],
-                          cfg.overwrite)
     if (cfg.mixup > 0 or cfg.cutmix > 0) and (not cfg.drop_remainder or cfg.batch_size % 2):
         raise ValueError("mixup/cutmix need an even batch_size and drop_remainder: true")
     train_folder, val_folder = data_mod.find_splits(cfg.data_dir, cfg.train_split, cfg.val_split,
@@ -253,6 +249,10 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
     if steps < 1:
         raise data_mod.DataError(f"{len(train_folder)} training images are fewer than one batch of "
                                  f"{cfg.batch_size} per process; lower --batch_size")
+    if not cfg.resume and runtime.is_main:  # before anything is built: the folder must be free for a new run
+        claim_for_new_run(run_dir, [p for _, p in CheckpointManager(run_dir, cfg.model, 1).epoch_files()]
+                          + [p for p in (os.path.join(run_dir, "last.ckpt"),) if os.path.exists(p)],
+                          cfg.overwrite)
     lrs = scaled_lr(cfg, runtime.world)
     logger.info("Device %s, jit level %s, %d process(es); %d train / %d val images, %d classes, %d steps/epoch",
                 runtime.device, runtime.jit_level, runtime.world, len(train_folder), len(val_folder), num_classes, steps)

@@ -31,11 +31,17 @@ def train_cmd(run_dir, *extra):
 
 
 def test_fresh_run_over_another_runs_checkpoints_is_refused_in_one_line(tmp_path):
-    open(tmp_path / "xception_small-e0003.ckpt", "wb").close()
-    code, _, err = run_script(train_cmd(str(tmp_path)), timeout=300)
+    from mindcv_xception.digits import make_digits_folder
+
+    make_digits_folder(str(tmp_path / "digits"), size=72, per_class=5, val_fraction=0.2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    open(run_dir / "xception_small-e0003.ckpt", "wb").close()
+    code, _, err = run_script(["train.py", "--config", CPU_RECIPE, "--data_dir", str(tmp_path / "digits"),
+                               "--batch_size", "2", "--ckpt_save_dir", str(run_dir)], timeout=300)
     assert code == 2 and "holds the checkpoints of another run" in err and "--overwrite True" in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
-    assert os.path.exists(tmp_path / "xception_small-e0003.ckpt")
+    assert os.path.exists(run_dir / "xception_small-e0003.ckpt")
 
 
 def test_overwrite_deletes_the_previous_runs_checkpoints_and_metrics(tmp_path):
