@@ -18,13 +18,23 @@ def log_to_stderr() -> None:
 def run_cli(fn: Callable[[], int]) -> int:
     """Run a script body; expected errors (bad config, data, checkpoint) become one line and exit code 2."""
     from .data import DataError
+    from .distributed import DistributedError
     from .loading import CheckpointError
-    from .trainer import TrainingError
+    from .trainer import Interrupted, TrainingError
+    from .weights import PretrainedError
 
     try:
         return fn()
-    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as exc:
+    except Interrupted as exc:  # a checkpoint was written; 128 + signal, as a shell reports a killed job
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except (ConfigError, DataError, CheckpointError, TrainingError, DistributedError, PretrainedError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # missing file, full disk, read-only folder: name the file and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -154,6 +154,27 @@ def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dic
     return meta
 
 
+def output_path(src: str, dst: str, force: bool = False) -> str:
+    """Where a conversion writes: ``dst``, or ``dst/<src name>.ckpt`` when ``dst`` is a folder.
+
+    The source itself is refused, and an existing file unless ``force`` says to replace it.
+    """
+    if os.path.isdir(dst):
+        name = os.path.basename(src)
+        for suffix in (".weights.h5", ".h5", ".ckpt"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        dst = os.path.join(dst, name + ".ckpt")
+    same = os.path.abspath(src) == os.path.abspath(dst) or (
+        os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst))
+    if same:
+        raise CheckpointError(f"the output {dst} is the source file itself; give another output path")
+    if os.path.exists(dst) and not force:
+        raise CheckpointError(f"{dst} exists; pass --force to replace it, or give another output path")
+    return dst
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command line: ``keras|mindcv SRC DST [--num_classes N]``; one-line errors, exit code 2."""
     from .cli import run_cli  # not at the top: weights.py imports this module, and cli reaches models
@@ -161,15 +182,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mindcv_xception.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source_format", choices=["keras", "mindcv"], help="where SRC comes from")
     parser.add_argument("src", help="Keras .h5 / .weights.h5, or mindcv .ckpt")
-    parser.add_argument("dst", help="the MindSpore checkpoint to write")
+    parser.add_argument("dst", help="the MindSpore checkpoint to write (a folder: <folder>/<SRC name>.ckpt)")
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--num_classes", type=int, default=None,
                         help="class count of the target network (default: the file's; 0 drops the head)")
     args = parser.parse_args(argv)
 
     def run() -> int:
         convert = convert_keras if args.source_format == "keras" else convert_mindcv
-        meta = convert(args.src, args.dst, num_classes=args.num_classes)
-        print(f"wrote {args.dst}: xception, {meta['num_classes']} classes (from {meta['source']})")
+        dst = output_path(args.src, args.dst, args.force)
+        meta = convert(args.src, dst, num_classes=args.num_classes)
+        print(f"wrote {dst}: xception, {meta['num_classes']} classes (from {meta['source']})")
         return 0
 
     return run_cli(run)

@@ -194,6 +194,12 @@ def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     bad = set(unreadable_files(root, [rel for rel, _ in listed]))
     samples = [(os.path.join(root, rel), label) for rel, label in listed if rel not in bad]
     unreadable = [os.path.join(root, rel) for rel, _ in listed if rel in bad]
+    for label, name in enumerate(classes):
+        if not any(lab == label for _, lab in samples):
+            files = [rel for rel, lab in listed if lab == label]
+            raise DataError(f"class folder {os.path.join(root, name)} has no readable images (all {len(files)} are "
+                            f"corrupt or not images, e.g. {os.path.basename(files[0])}); replace them or remove "
+                            f"the folder")
     if unreadable:
         logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(unreadable), unreadable[0])
     return ImageFolder(root, classes, samples, unreadable)
@@ -238,7 +244,12 @@ def find_val_split(data_dir: str, val_split: str = "val", class_names: Optional[
     val_dir = os.path.join(data_dir, val_split)
     if os.path.isdir(val_dir):
         return scan_image_folder(val_dir, class_names)
-    return find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)[1]
+    train, val = find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)
+    if train.samples:  # a plain <class>/ folder: only its held-out share is scored
+        logger.warning("%s has no %s/ folder: scoring only the held-out share of each class (%d of %d images; "
+                       "val_fraction %s, seed %s), which a training run with these settings did not train on",
+                       data_dir, val_split, len(val), len(train) + len(val), val_fraction, seed)
+    return val
 
 
 class DecodedImages:
@@ -247,8 +258,9 @@ class DecodedImages:
     Images are decoded by ``preprocessing.decode_image`` in ``channel_order`` (RGB, BGR, or L for gray).
 
     ``indices`` picks (and orders) the samples; -1 marks a padding item (valid = 0), used to give every
-    validation batch the same shape. A file that fails to decode is replaced by the next sample and
-    counted in ``failures``.
+    validation batch the same shape. A file that fails to decode is counted in ``failures``; for training
+    it is replaced by the next sample, for validation (``with_valid``) it becomes a masked-out item
+    (valid = 0), so it is neither scored nor counted.
     """
 
     def __init__(self, folder: ImageFolder, indices: Sequence[int], channel_order: str = "RGB",
@@ -271,11 +283,14 @@ class DecodedImages:
             try:
                 image = decode_image(path, self.channel_order)
                 break
-            except Exception:  # a corrupt file: count it and use the next image
+            except Exception:  # a corrupt file: count it and use the next image (validation: mask it out)
                 with self._lock:
                     if path not in self.failures:
                         self.failures.append(path)
                         logger.warning("skipping unreadable image %s", path)
+                if self.with_valid:
+                    blank = np.zeros((8, 8, 1 if self.grayscale else 3), np.uint8)
+                    return blank, np.int32(label), np.float32(0)
         else:
             raise DataError(f"no image in {self.folder.root} could be decoded")
         label = np.int32(label)
@@ -357,15 +372,18 @@ def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]
     return dataset.map(operations=ops, input_columns="image", num_parallel_workers=max(1, workers))
 
 
-def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1):
-    """This rank's training batches for ``epoch`` (and the source, for its failure count)."""
+def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1, skip_batches: int = 0):
+    """This rank's training batches for ``epoch`` (and the source, for its failure count).
+
+    ``skip_batches`` leaves out the first batches of the epoch's order (already trained before a stop).
+    """
     import mindspore.dataset as ds
 
     # augmentation randomness, like the order, depends on (seed, epoch) only
     ds.config.set_seed(cfg.seed * 1000 + epoch)
-    source = DecodedImages(folder, train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world,
-                                               cfg.num_samples, cfg.aug_repeats),
-                           channel_order="L" if cfg.in_channels == 1 else "RGB")
+    order = train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world, cfg.num_samples,
+                        cfg.aug_repeats)[skip_batches * cfg.batch_size:]
+    source = DecodedImages(folder, order, channel_order="L" if cfg.in_channels == 1 else "RGB")
     dataset = _pipeline(source, train_transforms(cfg), cfg.num_parallel_workers, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     if cfg.mixup > 0 or cfg.cutmix > 0:

@@ -12,6 +12,7 @@ import argparse
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,9 +25,21 @@ DATA = "data/digits"
 RUN = "runs/xception_cpu"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(args: list) -> None:
     print("\n$ python " + " ".join(args), flush=True)
-    code = subprocess.call([sys.executable, *args])
+    # Ctrl-C reaches the child as well (same process group): the demo waits while train.py finishes its
+    # step and writes its checkpoint, instead of killing it at once
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = subprocess.call([sys.executable, *args], preexec_fn=_default_sigint)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.exit("demo: interrupted; run it again to resume")
     if code != 0:
         sys.exit(f"demo: `python {' '.join(args)}` failed with exit code {code}")
 

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 JIT_LEVELS = {"Ascend": ("O0", "O1", "O2"), "GPU": ("O0", "O1"), "CPU": ("O0", "O1")}
 
 
+class DistributedError(RuntimeError):
+    """Data parallelism asked for in a process that msrun did not start."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where this process runs: device, jit level, rank and number of processes."""
@@ -88,8 +92,9 @@ def setup_runtime(mode: int = 0, device_target: str = "auto", jit_level: str = "
             init()
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RuntimeError(f"distribute=True needs the processes started by msrun "
-                               f"(msrun --worker_num N python train.py ...): {first}") from None
+            why = first if "MS_ROLE" in os.environ else "this process was not started by msrun (MS_ROLE is not set)"
+            raise DistributedError(f"distribute=True needs the processes started by msrun "
+                                   f"(msrun --worker_num N python train.py ...): {why}") from None
         rank, world = get_rank(), get_group_size()
         ms.reset_auto_parallel_context()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,

@@ -96,7 +96,8 @@ class Evaluator:
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:
-            logger.warning("validation: %d unreadable image(s) replaced, e.g. %s", len(source.failures),
+            logger.warning("validation: %d unreadable image(s) skipped (not scored, not counted), e.g. %s",
+                           len(source.failures),
                            source.failures[0])
         n = max(totals[3], 1.0)
         result: Dict[str, object] = {

@@ -24,6 +24,7 @@ from mindspore import nn
 from .atomic import atomic_output
 from .bn_folding import inference_network
 from .cli import log_to_stderr, run_cli
+from .config import int_in
 from .cpu_conv import set_matmul_convs
 from .inference import checkpoint_preprocessing, load_for_inference
 from .preprocessing import Preprocessing
@@ -87,11 +88,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
     parser.add_argument("--output", default=None,
                         help="output name without extension (default: next to the checkpoint)")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="static input size (default: the checkpoint's recorded image_size)")
-    parser.add_argument("--batch_size", type=int, default=1, help="static batch size")
+    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
+                        help="static input size, at least 71 (default: the checkpoint's recorded image_size)")
+    parser.add_argument("--batch_size", type=int_in("[1, inf)"), default=1, help="static batch size")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")
-    parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--num_classes", type=int_in("[0, inf)"), default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
     log_to_stderr()
 

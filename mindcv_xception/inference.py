@@ -158,6 +158,7 @@ def classify(net: Union[nn.Cell, Predictor], paths: Sequence[str], names: Sequen
 def main(argv: Optional[List[str]] = None) -> int:
     """``infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]``: top-5 classes per image."""
     from .cli import log_to_stderr
+    from .config import int_in
 
     parser = argparse.ArgumentParser(prog="infer.py",
                                      description="Top-5 classes of images with an Xception checkpoint.")
@@ -165,14 +166,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
     parser.add_argument("--model", default=None,
                         help="architecture when the checkpoint does not say (default xception)")
-    parser.add_argument("--num_classes", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--num_classes", type=int_in("[1, inf)"), default=None, help="default: the checkpoint's")
     override = "overrides the checkpoint's preprocessing record"
-    parser.add_argument("--image_size", type=int, default=None, help=f"crop size; {override}")
-    parser.add_argument("--crop_pct", type=float, default=None, help=f"resize the shorter side to image_size / crop_pct; {override}")
+    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
+                        help=f"crop size, at least 71; {override}")
+    parser.add_argument("--crop_pct", type=float, default=None,
+                        help=f"resize the shorter side to image_size / crop_pct; {override}")
     parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help=override)
     parser.add_argument("--mean", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
     parser.add_argument("--std", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--top_k", type=int_in("[1, inf)"), default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: ONNX Runtime on CPU when installed (the cached ONNX export), else MindSpore")

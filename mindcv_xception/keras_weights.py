@@ -191,7 +191,12 @@ def _take(slot: Slot, layer: KerasLayer, index: int, shapes: Dict[str, Tuple[int
                                 f"({slot.keras_name or slot.prefix}); the file is not a Keras Xception")
     if slot.keras_name and OFFICIAL_NAME.fullmatch(layer.name) and layer.name != slot.keras_name:
         raise KerasWeightsError(f"{where} stands where Xception has {slot.keras_name}; the layers are out of order")
-    converted = _to_ours(slot, layer)
+    try:
+        converted = _to_ours(slot, layer)
+    except (ValueError, KeyError):  # an array of another rank than this kind of layer has
+        got = ", ".join(f"{role} {tuple(np.shape(v))}" for role, v in layer.arrays.items())
+        raise KerasWeightsError(f"{where} has arrays {got}, not those of a Keras {slot.kind}; the file is not a "
+                                f"Keras Xception") from None
     for name, value in converted.items():
         if tuple(value.shape) != tuple(shapes[name]):
             raise KerasWeightsError(f"{where} has shape {tuple(value.shape)} for {name}, Xception needs "

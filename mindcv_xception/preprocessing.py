@@ -147,6 +147,16 @@ def resolve(meta: Mapping[str, object], overrides: Mapping[str, object], fallbac
     return result
 
 
+def eight_bit(img):
+    """``img`` with 8 bits per channel: 16-bit grey (PIL modes I;16*, I) is scaled by 255/65535, not clipped."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.round(np.clip(values, 0, 65535) / 257.0).astype(np.uint8), "L")
+    return img
+
+
 def decode_image(image, channel_order: str = "RGB") -> np.ndarray:
     """A PIL image (or a path) -> HWC uint8 array in ``channel_order`` (L: one channel)."""
     from PIL import Image
@@ -154,7 +164,7 @@ def decode_image(image, channel_order: str = "RGB") -> np.ndarray:
     if not isinstance(image, Image.Image):
         with Image.open(image) as opened:
             return decode_image(opened, channel_order)
-    arr = np.asarray(image.convert("L" if channel_order == "L" else "RGB"), dtype=np.uint8)
+    arr = np.asarray(eight_bit(image).convert("L" if channel_order == "L" else "RGB"), dtype=np.uint8)
     if arr.ndim == 2:
         return arr[:, :, None]
     return np.ascontiguousarray(arr[:, :, ::-1]) if channel_order == "BGR" else arr

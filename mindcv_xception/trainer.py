@@ -18,18 +18,30 @@ import numpy as np
 from mindspore import nn
 
 from . import data as data_mod
+from . import jsonout
 from .checkpoint import CheckpointManager, training_state
-from .config import Config, save_config
+from .config import Config, resume_differences, run_settings, save_config
 from .distributed import Runtime, setup_runtime
 from .evaluation import Evaluator, copy_ema_into
 from .loading import CheckpointError, checkpoint_meta, load_state, load_weights, network_params, read_checkpoint
-from .preprocessing import PREPROCESSING_KEY, from_config as preprocessing_from_config
+from .preprocessing import PREPROCESSING_KEY
+from .preprocessing import from_config as preprocessing_from_config
+from .run_folder import RunLock, claim_for_new_run
+from .stopping import StopRequest
 
 logger = logging.getLogger("mindcv_xception")
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, unusable resume point)."""
+
+
+class Interrupted(TrainingError):
+    """The run was stopped by a signal after writing a checkpoint; the script exits with 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def setup_logging(runtime: Runtime, run_dir: Optional[str] = None) -> None:
@@ -117,12 +129,30 @@ def _resume(cfg: Config, manager: CheckpointManager, state: Dict[str, ms.Paramet
     if meta.get("epoch_size") != cfg.epoch_size:
         raise CheckpointError(f"{path} was trained for epoch_size {meta.get('epoch_size')}, this run asks "
                               f"{cfg.epoch_size}; resume with --epoch_size {meta.get('epoch_size')}")
+    _check_settings(cfg, meta, path)
     load_state(state, params, source=path, num_classes=num_classes)
-    logger.info("Resumed from %s: epoch %d of %d done, global step %d", path, meta["epoch"], cfg.epoch_size,
-                meta["global_step"])
+    logger.info("Resumed from %s: epoch %d of %d done%s, global step %d", path, meta["epoch"], cfg.epoch_size,
+                f" and {meta['step_in_epoch']} step(s) of epoch {meta['epoch'] + 1}" if meta.get("step_in_epoch")
+                else "", meta["global_step"])
     if "lr" in getattr(cfg, "explicit", ()):
         rebase_lr(optimizer, int(meta["global_step"]), cfg.lr)
     return meta
+
+
+def _check_settings(cfg: Config, meta: Dict[str, object], path: str) -> None:
+    """Refuse to resume under changed settings that shape the run; warn about the others, by name."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):  # written before checkpoints recorded their settings
+        if meta.get("config_digest") not in (None, cfg.digest()):
+            logger.warning("%s was written with other settings (config digest %s, now %s)", path,
+                           meta.get("config_digest"), cfg.digest())
+        return
+    fixed, other = resume_differences(saved, cfg)
+    if fixed:
+        raise CheckpointError(f"{path} belongs to a run with other settings ({'; '.join(fixed)}); resume with "
+                              f"the same values, or start a new run in another --ckpt_save_dir")
+    if other:
+        logger.warning("Resuming with changed settings: %s", "; ".join(other))
 
 
 def lr_table(optimizer) -> ms.Parameter:
@@ -148,7 +178,7 @@ def rebase_lr(optimizer, global_step: int, new_lr: float) -> None:
 def write_metrics(run_dir: str, record: Dict[str, object]) -> None:
     """Append one epoch's metrics to run_dir/metrics.jsonl."""
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(jsonout.dumps(record) + "\n")  # NaN as null: every JSON reader takes the file
 
 
 def plot_curves(run_dir: str) -> Optional[str]:
@@ -161,11 +191,12 @@ def plot_curves(run_dir: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = [{k: float("nan") if v is None else v for k, v in json.loads(line).items()}  # null: not finite
+            for line in open(path) if line.strip()]
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
-    if any(r.get("val_loss") is not None for r in rows):
+    if any("val_loss" in r for r in rows):
         ax1.plot(epochs, [r.get("val_loss") for r in rows], "o-", label="val loss")
     ax1.set_xlabel("epoch")
     ax1.legend()
@@ -185,12 +216,22 @@ def train(cfg: Config) -> Dict[str, object]:
     """Run (or resume) the training described by ``cfg``; returns the final metrics."""
     runtime = setup_runtime(cfg.mode, cfg.device_target, cfg.jit_level, cfg.distribute, cfg.seed)
     run_dir = cfg.ckpt_save_dir
-    setup_logging(runtime, run_dir)
-    for note in getattr(cfg, "notes", ()):
-        logger.info("Config: %s", note)
-    if cfg.resume_opt and cfg.ckpt_path and not cfg.resume:
-        logger.info("Config: ckpt_path with resume_opt (mindcv's resume) read as --resume %s", cfg.ckpt_path)
-        cfg["resume"], cfg["ckpt_path"] = cfg.ckpt_path, ""
+    lock = RunLock(run_dir)
+    if runtime.is_main:  # rank 0 alone writes the folder
+        lock.acquire()
+    try:
+        setup_logging(runtime, run_dir)
+        for note in getattr(cfg, "notes", ()):
+            logger.info("Config: %s", note)
+        if cfg.resume_opt and cfg.ckpt_path and not cfg.resume:
+            logger.info("Config: ckpt_path with resume_opt (mindcv's resume) read as --resume %s", cfg.ckpt_path)
+            cfg["resume"], cfg["ckpt_path"] = cfg.ckpt_path, ""
+        return _train(cfg, runtime, run_dir)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
     if cfg.pretrained and cfg.ckpt_path:
         raise ValueError("pretrained and ckpt_path both name starting weights; give one of them")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and (not cfg.drop_remainder or cfg.batch_size % 2):
@@ -210,6 +251,10 @@ def train(cfg: Config) -> Dict[str, object]:
     if steps < 1:
         raise data_mod.DataError(f"{len(train_folder)} training images are fewer than one batch of "
                                  f"{cfg.batch_size} per process; lower --batch_size")
+    if not cfg.resume and runtime.is_main:  # before anything is built: the folder must be free for a new run
+        claim_for_new_run(run_dir, [p for _, p in CheckpointManager(run_dir, cfg.model, 1).epoch_files()]
+                          + [p for p in (os.path.join(run_dir, "last.ckpt"),) if os.path.exists(p)],
+                          cfg.overwrite)
     lrs = scaled_lr(cfg, runtime.world)
     logger.info("Device %s, jit level %s, %d process(es); %d train / %d val images, %d classes, %d steps/epoch",
                 runtime.device, runtime.jit_level, runtime.world, len(train_folder), len(val_folder), num_classes,
@@ -225,8 +270,6 @@ def train(cfg: Config) -> Dict[str, object]:
     meta: Dict[str, object] = {"epoch": 0, "global_step": 0, "best_top1": None}
     if cfg.resume:
         meta = _resume(cfg, manager, state, optimizer, num_classes)
-    elif runtime.is_main and manager.epoch_files():
-        logger.warning("%s already holds checkpoints; they will be overwritten (use --resume to continue)", run_dir)
     if runtime.is_main:
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
 
@@ -240,80 +283,118 @@ def train(cfg: Config) -> Dict[str, object]:
                                           middle_depth=cfg.middle_depth), cfg.val_amp_level)
     evaluator = Evaluator(eval_net or net, num_classes, runtime)
     start_epoch, best = int(meta["epoch"]), meta.get("best_top1")
-    global_step = int(meta["global_step"])
+    global_step, skip = int(meta["global_step"]), int(meta.get("step_in_epoch") or 0)
     if start_epoch >= cfg.epoch_size:
         logger.info("The run is already complete (%d of %d epochs)", start_epoch, cfg.epoch_size)
     nonfinite = 0
     last: Dict[str, object] = {}
     run_start = time.time()
-    for epoch in range(start_epoch, cfg.epoch_size):
-        dataset, source = data_mod.train_dataset(train_folder, cfg, epoch, runtime.rank, runtime.world)
-        step_cell.set_train(True)
-        epoch_start, losses, seen = time.time(), [], 0
-        for i, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1)):
-            loss = float(step_cell(images, labels).asnumpy())
-            global_step += 1
-            seen += images.shape[0]
-            if not math.isfinite(loss):
-                nonfinite += 1
-                if nonfinite >= cfg.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"the loss has been non-finite for {nonfinite} steps (epoch {epoch + 1}, step {i + 1}); "
-                        f"stopped without saving. The last good checkpoint is {manager.last_path}: "
-                        f"resume it with a lower learning rate (--resume --lr ...)")
-                continue
-            nonfinite = 0
-            losses.append(loss)
-            if (i + 1) % cfg.log_interval == 0 or i + 1 == steps:
-                rate = seen * runtime.world / (time.time() - epoch_start)
-                logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s", epoch + 1, cfg.epoch_size,
-                            i + 1, steps, float(np.mean(losses[-cfg.log_interval:])),
-                            float(lr_table(optimizer).asnumpy()[min(global_step, steps * cfg.epoch_size) - 1]),
-                            rate)
-        train_time = time.time() - epoch_start
-        if source.failures:
-            logger.warning("epoch %d: %d unreadable image(s) skipped, e.g. %s", epoch + 1, len(source.failures),
-                           source.failures[0])
-        record: Dict[str, object] = {
-            "epoch": epoch + 1, "global_step": global_step,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": float(lr_table(optimizer).asnumpy()[global_step - 1]),
-            "images_per_s": seen * runtime.world / max(train_time, 1e-9), "epoch_time_s": train_time,
-            "skipped_images": len(source.failures) + len(train_folder.unreadable),
-        }
-        if cfg.val_while_train and len(val_folder) and ((epoch + 1) % cfg.val_interval == 0
-                                                        or epoch + 1 == cfg.epoch_size):
-            if eval_net is not None:
-                copy_ema_into(state, eval_net)
-            result = evaluator.run(val_folder, cfg)
-            record.update(val_top1=result["top1"], val_top5=result["top5"], val_loss=result["loss"])
-        is_best = record.get("val_top1") is not None and (best is None or record["val_top1"] > best)
-        if is_best:
-            best = record["val_top1"]
-        elapsed = time.time() - run_start
-        record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
-        meta = {"model": cfg.model, "num_classes": num_classes, "class_names": train_folder.class_names,
-                "epoch": epoch + 1, "global_step": global_step, "epoch_size": cfg.epoch_size, "best_top1": best,
-                "config_digest": cfg.digest(), "in_channels": cfg.in_channels,
+    run_meta = {"model": cfg.model, "num_classes": num_classes, "class_names": train_folder.class_names,
+                "epoch_size": cfg.epoch_size, "config_digest": cfg.digest(), "in_channels": cfg.in_channels,
+                "middle_depth": cfg.middle_depth, "ema": cfg.ema, "config": run_settings(cfg),
                 # the evaluation preprocessing validate.py / infer.py / export.py read back
-                PREPROCESSING_KEY: preprocessing_from_config(cfg).to_record(),
-                "middle_depth": cfg.middle_depth,
-                "ema": cfg.ema}
-        if runtime.is_main:
-            if (epoch + 1) % cfg.ckpt_save_interval == 0 or epoch + 1 == cfg.epoch_size or is_best:
-                manager.save(state, epoch + 1, meta, is_best, score=record.get("val_top1"))
-            write_metrics(run_dir, record)
-        logger.info("epoch %d/%d done: loss %.4f lr %.6g val top-1 %s top-5 %s %.1f img/s ETA %.0fs",
-                    epoch + 1, cfg.epoch_size, record["train_loss"], record["lr"],
-                    _pct(record.get("val_top1")), _pct(record.get("val_top5")), record["images_per_s"],
-                    record["eta_s"])
-        last = record
+                PREPROCESSING_KEY: preprocessing_from_config(cfg).to_record()}
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epoch_size):
+            # a run stopped mid-epoch continues with the next batch of the same (seed, epoch) order
+            first = skip if epoch == start_epoch else 0  # steps of this epoch done before a stop
+            partial = (meta.get("partial_epoch") or {}) if first else {}
+            dataset, source = data_mod.train_dataset(train_folder, cfg, epoch, runtime.rank, runtime.world,
+                                                     skip_batches=first)
+            step_cell.set_train(True)
+            epoch_start, losses = time.time(), []  # losses: this process's finite ones (for the log window)
+            loss_sum, loss_count = partial.get("loss_sum", 0.0), partial.get("losses", 0)
+            seen, train_time = partial.get("seen", 0), partial.get("train_time", 0.0)
+            iterator = dataset.create_tuple_iterator(num_epochs=1)
+            try:
+                for i, (images, labels) in enumerate(iterator, start=first):
+                    loss = float(step_cell(images, labels).asnumpy())
+                    global_step += 1
+                    seen += images.shape[0]
+                    if not math.isfinite(loss):
+                        nonfinite += 1
+                        if nonfinite >= cfg.max_nonfinite_steps:
+                            raise TrainingError(
+                                f"the loss has been non-finite for {nonfinite} steps (epoch {epoch + 1}, step "
+                                f"{i + 1}); stopped without saving. The last good checkpoint is "
+                                f"{manager.last_path}: resume it with a lower learning rate (--resume --lr ...)")
+                    else:
+                        nonfinite = 0
+                        losses.append(loss)
+                        loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                        if (i + 1) % cfg.log_interval == 0 or i + 1 == steps:
+                            rate = seen * runtime.world / (train_time + time.time() - epoch_start)
+                            lr_now = lr_table(optimizer).asnumpy()[min(global_step, steps * cfg.epoch_size) - 1]
+                            logger.info("epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s", epoch + 1,
+                                        cfg.epoch_size, i + 1, steps, float(np.mean(losses[-cfg.log_interval:])),
+                                        float(lr_now), rate)
+                    if stop.signum is not None and i + 1 < steps:
+                        _save_interrupted(stop.signum, manager, state, runtime, dict(
+                            run_meta, epoch=epoch, step_in_epoch=i + 1, global_step=global_step, best_top1=best,
+                            partial_epoch={"loss_sum": loss_sum, "losses": loss_count, "seen": seen,
+                                           "train_time": train_time + time.time() - epoch_start}))
+            finally:
+                iterator.stop()
+            train_time += time.time() - epoch_start
+            if source.failures:
+                logger.warning("epoch %d: %d unreadable image(s) skipped, e.g. %s", epoch + 1,
+                               len(source.failures), source.failures[0])
+            record: Dict[str, object] = {
+                "epoch": epoch + 1, "global_step": global_step,
+                "train_loss": loss_sum / loss_count if loss_count else float("nan"),
+                "lr": float(lr_table(optimizer).asnumpy()[global_step - 1]),
+                "images_per_s": seen * runtime.world / max(train_time, 1e-9), "epoch_time_s": train_time,
+                "skipped_images": len(source.failures) + len(train_folder.unreadable),
+            }
+            if cfg.val_while_train and len(val_folder) and ((epoch + 1) % cfg.val_interval == 0
+                                                            or epoch + 1 == cfg.epoch_size):
+                if eval_net is not None:
+                    copy_ema_into(state, eval_net)
+                result = evaluator.run(val_folder, cfg)
+                record.update(val_top1=result["top1"], val_top5=result["top5"], val_loss=result["loss"])
+            is_best = record.get("val_top1") is not None and (best is None or record["val_top1"] > best)
+            if is_best:
+                best = record["val_top1"]
+            elapsed = time.time() - run_start
+            record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
+            meta = dict(run_meta, epoch=epoch + 1, global_step=global_step, best_top1=best)
+            if runtime.is_main:
+                if ((epoch + 1) % cfg.ckpt_save_interval == 0 or epoch + 1 == cfg.epoch_size or is_best
+                        or stop.signum is not None):
+                    manager.save(state, epoch + 1, meta, is_best, score=record.get("val_top1"))
+                write_metrics(run_dir, record)
+            logger.info("epoch %d/%d done: loss %.4f lr %.6g val top-1 %s top-5 %s %.1f img/s ETA %.0fs",
+                        epoch + 1, cfg.epoch_size, record["train_loss"], record["lr"],
+                        _pct(record.get("val_top1")), _pct(record.get("val_top5")), record["images_per_s"],
+                        record["eta_s"])
+            last = record
+            if stop.signum is not None and epoch + 1 < cfg.epoch_size:
+                _stop_after_save(stop.signum, manager.epoch_path(epoch + 1), epoch + 1, 0)
     logger.info("Final trainable weights digest on rank %d: %s", runtime.rank, weights_digest(net))
     if runtime.is_main:
         curves = plot_curves(run_dir)
         logger.info("Run folder %s: last checkpoint %s, best %s, metrics %s, curves %s", run_dir,
                     manager.last_path, manager.best_path, os.path.join(run_dir, "metrics.jsonl"), curves)
     return {"last": last, "best_top1": best, "run_dir": run_dir, "runtime": runtime}
+
+
+def _save_interrupted(signum: int, manager: CheckpointManager, state, runtime: Runtime,
+                      meta: Dict[str, object]) -> None:
+    """Write the mid-epoch checkpoint of a run stopped by ``signum``, then end the run."""
+    if runtime.is_main:
+        manager.save(state, int(meta["epoch"]), meta, step=int(meta["step_in_epoch"]))
+    _stop_after_save(signum, manager.epoch_path(int(meta["epoch"]), int(meta["step_in_epoch"])),
+                     int(meta["epoch"]), int(meta["step_in_epoch"]))
+
+
+def _stop_after_save(signum: int, path: str, epoch: int, step: int) -> None:
+    import signal
+
+    where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+    message = (f"stopped by {signal.Signals(signum).name} at {where}; checkpoint {path} written: "
+               f"continue with --resume")
+    logger.warning(message)
+    raise Interrupted(message, signum)
 
 
 def weights_digest(net: nn.Cell) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Dict, Optional, Sequence
 
+from . import jsonout
 from .bn_folding import inference_network
 from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
@@ -128,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result["rank"] != 0:
             return 0
         if cfg.json:
-            print(json.dumps({k: v for k, v in result.items() if k != "rank"}))
+            print(jsonout.dumps({k: v for k, v in result.items() if k != "rank"}))
         else:
             print(f"acc@top1 {100 * result['top1']:.2f}%  acc@top5 {100 * result['top5']:.2f}%  "
                   f"loss {result['loss']:.4f}  images {result['num_images']}  {result['images_per_s']:.1f} img/s")

@@ -55,7 +55,7 @@ def test_imagenet_like_folder_is_500_by_375_jpegs_in_class_folders_and_reproduci
 def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_path):
     import json
 
-    from conftest import run_script
+    from helpers import run_script
 
     pytest.importorskip("onnxruntime")
     networks = "onnxruntime,torch" if _installed("torch") else "onnxruntime"

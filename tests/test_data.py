@@ -205,3 +205,39 @@ def test_without_a_writable_cache_the_folder_is_still_scanned(tmp_path, monkeypa
     (tmp_path / "file").write_text("")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))  # a path under a file: never writable
     assert len(scan_image_folder(str(tmp_path / "data"))) == 3 and len(opened) == 3
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    os.makedirs(tmp_path / "a")
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535 in steps of 257
+    Image.fromarray(ramp).save(tmp_path / "a" / "deep.png")
+    assert Image.open(tmp_path / "a" / "deep.png").mode.startswith("I")
+    image, _ = DecodedImages(scan_image_folder(str(tmp_path)), [0])[0]
+    np.testing.assert_array_equal(image[:, :, 0], np.arange(256, dtype=np.uint8).reshape(16, 16))
+
+
+def test_class_whose_every_image_is_unreadable_stops_like_an_empty_class(tmp_path):
+    make_folder(str(tmp_path), ["cat", "dog"])
+    for name in os.listdir(tmp_path / "dog"):
+        (tmp_path / "dog" / name).write_bytes(b"not an image")
+    with pytest.raises(DataError, match="class folder .*dog has no readable images"):
+        find_splits(str(tmp_path))
+
+
+def test_validation_of_a_plain_class_folder_says_it_scores_the_held_out_share(tmp_path, caplog):
+    from mindcv_xception.data import find_val_split
+
+    make_folder(str(tmp_path), ["a", "b"], per_class=10)
+    val = find_val_split(str(tmp_path), val_fraction=0.2)
+    assert len(val) == 4 and "scoring only the held-out share of each class (4 of 20 images" in caplog.text
+
+
+def test_corrupt_validation_image_is_masked_out_not_replaced_by_a_duplicate(tmp_path):
+    make_folder(str(tmp_path), ["a"], per_class=3, size=64)
+    path = str(tmp_path / "a" / "1.png")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:60])  # the header survives, the pixels do not
+    folder = scan_image_folder(str(tmp_path))
+    source = DecodedImages(folder, range(len(folder)), with_valid=True)
+    valid = [source[i][2] for i in range(len(source))]
+    assert valid == [1.0, 0.0, 1.0] and source.failures == [path]

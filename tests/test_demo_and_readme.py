@@ -125,3 +125,13 @@ def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     assert "resuming it" in out
     epochs = [json.loads(line)["epoch"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert epochs == [1, 2]  # epoch 1 was not trained again
+
+
+def test_ctrl_c_lets_the_demos_child_finish_instead_of_killing_it(tmp_path):
+    from mindcv_xception.demo import _run
+
+    done = tmp_path / "done"
+    # the child sends SIGINT to the demo (as a terminal's Ctrl-C reaches both), then finishes its work
+    _run(["-c", f"import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5); "
+                f"open({str(done)!r}, 'w').close()"])
+    assert done.exists()

@@ -87,3 +87,10 @@ def test_two_process_validation_counts_every_image_once(two_process_run, digits_
     assert two["num_images"] == one["num_images"] == 23
     assert two["top1"] == pytest.approx(one["top1"]) and two["top5"] == pytest.approx(one["top5"])
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_distribute_without_msrun_is_one_line_and_exit_code_2(tmp_path):
+    code, _, err = run_script(["train.py", "--config", CPU_RECIPE, "--data_dir", str(tmp_path), "--ckpt_save_dir",
+                               str(tmp_path / "run"), "--distribute", "True"], timeout=300)
+    assert code == 2 and "distribute=True needs the processes started by msrun" in err
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip()]

@@ -210,5 +210,45 @@ def test_notop_file_for_a_model_with_a_head_is_refused_with_the_fix(keras_refere
 def test_existing_output_is_left_untouched_when_conversion_fails(keras_reference, tmp_path, capsys):
     dst = tmp_path / "x.ckpt"
     dst.write_bytes(b"previous")
-    _convert_fails(capsys, str(keras_reference / "official_notop.h5"), str(dst), "--num_classes", "1000")
+    _convert_fails(capsys, str(keras_reference / "official_notop.h5"), str(dst), "--num_classes", "1000", "--force")
     assert dst.read_bytes() == b"previous"
+
+
+def _one_layer_file(path, kernel_shape):
+    """A legacy-layout .h5 whose first layer is Xception's stem conv, with a kernel of ``kernel_shape``."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"block1_conv1"])
+        group = f.create_group("block1_conv1")
+        group.attrs["weight_names"] = np.array([b"block1_conv1/kernel:0"])
+        group.create_dataset("block1_conv1/kernel:0", data=np.zeros(kernel_shape, np.float32))
+
+
+def test_keras_layer_of_an_unexpected_rank_is_a_one_line_error(tmp_path, capsys):
+    src = str(tmp_path / "flat.h5")
+    _one_layer_file(src, (3, 3, 32))  # a conv kernel must be 4-D
+    err = _convert_fails(capsys, src, str(tmp_path / "out" / "x.ckpt"))
+    assert "block1_conv1" in err and "kernel (3, 3, 32)" in err and "not those of a Keras Conv2D" in err
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
+    src = tmp_path / "weights.h5"
+    _one_layer_file(str(src), (3, 3, 3, 32))
+    before = src.read_bytes()
+    assert main(["keras", str(src), str(src)]) == 2
+    assert "is the source file itself" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_convert_requires_force_to_replace_an_existing_output(tmp_path, capsys):
+    src, dst = tmp_path / "weights.h5", tmp_path / "x.ckpt"
+    _one_layer_file(str(src), (3, 3, 3, 32))
+    dst.write_bytes(b"previous")
+    assert main(["keras", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists; pass --force to replace it" in err
+    assert dst.read_bytes() == b"previous"
+
+
+def test_convert_into_a_folder_writes_inside_it(keras_reference, tmp_path, capsys):
+    assert main(["keras", str(keras_reference / "official_notop.h5"), str(tmp_path)]) == 0
+    assert os.listdir(tmp_path) == ["official_notop.ckpt"]
+    assert f"wrote {tmp_path / 'official_notop.ckpt'}" in capsys.readouterr().out

@@ -162,7 +162,7 @@ def test_top_k_policy_keeps_the_best_epochs_and_the_newest(tmp_path):
         manager.save(state, epoch, {"epoch": epoch}, score=top1)
         with open(tmp_path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"epoch": epoch, "val_top1": top1}) + "\n")
-    assert [e for e, _ in manager.epoch_files()] == [2, 4, 5]  # the two best, and the newest for resume
+    assert [e for (e, _), _ in manager.epoch_files()] == [2, 4, 5]  # the two best, and the newest for resume
     latest = CheckpointManager(str(tmp_path), "net", keep_max=2)
     latest.save(state, 6, {"epoch": 6}, score=0.0)
-    assert [e for e, _ in latest.epoch_files()] == [5, 6]
+    assert [e for (e, _), _ in latest.epoch_files()] == [5, 6]

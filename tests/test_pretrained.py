@@ -105,3 +105,26 @@ def test_unreachable_address_names_the_offline_fix(cache, keras_reference, monke
     monkeypatch.setitem(default_cfgs["xception"], "url", (keras_reference / "absent.h5").as_uri())
     with pytest.raises(PretrainedError, match=f"could not download .*set {CACHE_ENV}"):
         create_model("xception", pretrained=True)
+
+
+def _script_error(capsys, fn) -> str:
+    """Run ``fn`` as a script body (cli.run_cli); assert exit code 2 and one line; return it."""
+    from mindcv_xception.cli import run_cli
+
+    assert run_cli(fn) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def test_pretrained_weights_unavailable_offline_stop_a_script_with_one_line(cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(default_cfgs["xception"], "url_notop", (tmp_path / "offline.h5").as_uri())
+    err = _script_error(capsys, lambda: create_model("xception", pretrained=True, num_classes=10))
+    assert "could not download" in err and CACHE_ENV in err
+
+
+def test_wrong_md5_in_the_cache_stops_a_script_with_one_line(cache, capsys):
+    cache.mkdir()
+    (cache / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not the official file")
+    err = _script_error(capsys, lambda: create_model("xception", pretrained=True, num_classes=10))
+    assert "does not have the official md5" in err and "delete it" in err

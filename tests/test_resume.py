@@ -1,4 +1,5 @@
 """Never lose a run: kill -9 and --resume equals an uninterrupted run; bad checkpoints are handled."""
+import errno
 import json
 import os
 import signal
@@ -15,8 +16,10 @@ from mindcv_xception.checkpoint import CheckpointManager
 from mindcv_xception.digits import make_digits_folder
 from mindcv_xception.loading import CheckpointError, checkpoint_meta, read_checkpoint
 
-# deterministic: no dropout (its random state is not part of a checkpoint), one loader thread
-RUN = [*QUICK, "--epoch_size", "3", "--drop_rate", "0", "--ema", "True", "--ema_decay", "0.9"]
+# deterministic: no dropout (its random state is not part of a checkpoint), no random augmentation (a run
+# resumed mid-epoch draws the crops and flips of the rest of the epoch afresh), one loader thread
+RUN = [*QUICK, "--epoch_size", "3", "--drop_rate", "0", "--ema", "True", "--ema_decay", "0.9",
+       "--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,60 @@ def straight_and_resumed(small_digits, tmp_path_factory):
     code, out, err = run_script(train_args(small_digits, resumed, "--resume"))
     assert code == 0, err[-2000:]
     return straight, resumed, out
+
+
+@pytest.fixture(scope="module")
+def terminated_and_resumed(small_digits, straight_and_resumed, tmp_path_factory):
+    """Run C: SIGTERM once a step line of epoch 1 is logged (mid-epoch), then --resume to the end."""
+    run_dir = str(tmp_path_factory.mktemp("terminated"))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, *train_args(small_digits, run_dir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "epoch 1/3 step 5/7" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    stopped = (proc.returncode, out, err, sorted(os.listdir(run_dir)))
+    code, resumed_out, resumed_err = run_script(train_args(small_digits, run_dir, "--resume"))
+    assert code == 0, resumed_err[-2000:]
+    return run_dir, stopped, resumed_out
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_143(terminated_and_resumed):
+    run_dir, (code, out, err, files), _ = terminated_and_resumed
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    mid = [f for f in files if f.startswith("xception_small-e0000-s")]
+    assert len(mid) == 1 and "stopped by SIGTERM at epoch 1, step" in out
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("stopped: stopped by SIGTERM")
+
+
+@pytest.mark.slow
+def test_run_resumed_after_sigterm_ends_with_the_weights_of_an_uninterrupted_run(
+        terminated_and_resumed, straight_and_resumed):
+    run_dir, _, out = terminated_and_resumed
+    straight, _, _ = straight_and_resumed
+    assert "epoch 0 of 3 done and 5 step(s) of epoch 1" in out or "epoch 0 of 3 done and 6 step(s) of epoch 1" in out
+    a = read_checkpoint(os.path.join(straight, "last.ckpt"))
+    b = read_checkpoint(os.path.join(run_dir, "last.ckpt"))
+    assert checkpoint_meta(b)["global_step"] == 21
+    for name, value in a.items():
+        if isinstance(value, ms.Parameter):
+            np.testing.assert_allclose(b[name].asnumpy(), value.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    epochs = [json.loads(line)["epoch"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_become_a_stop_request_instead_of_ending_the_process(sig):
+    from mindcv_xception.stopping import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+    assert stop.signum == sig
+    assert signal.getsignal(sig) is not stop._handle  # the previous handler is back
 
 
 @pytest.mark.slow
@@ -96,11 +153,20 @@ def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed,
     code, out, err = run_script(train_args(small_digits, run_dir, "--resume", "--lr", "0.001"))
     assert code == 0, err[-2000:]
     assert "Learning rate re-based at step 14" in out and "-> 0.001" in out
+    assert "Resuming with changed settings: lr 0.045 -> 0.001" in out
     lr = read_checkpoint(os.path.join(run_dir, "last.ckpt"))["learning_rate"].asnumpy()
     assert lr[14] == pytest.approx(0.001)
 
 
 @pytest.mark.slow
+def test_resume_under_another_batch_size_is_refused_naming_the_setting(straight_and_resumed, small_digits,
+                                                                      tmp_path):
+    straight, _, _ = straight_and_resumed
+    code, _, err = run_script(train_args(small_digits, str(tmp_path / "r"), "--resume",
+                                         os.path.join(straight, "last.ckpt"), "--batch_size", "4"), timeout=300)
+    assert code == 2 and "belongs to a run with other settings (batch_size 8 -> 4)" in err
+
+
 def test_checkpoint_for_another_class_count_is_refused(straight_and_resumed, tmp_path):
     straight, _, _ = straight_and_resumed
     data = str(tmp_path / "five")
@@ -135,21 +201,77 @@ def test_retention_keeps_the_newest_checkpoints_across_restarts(tmp_path):
         manager = CheckpointManager(str(tmp_path), "m", keep_max=2)
         for epoch in range(start, start + 3):
             manager.save(net, epoch, {"epoch": epoch})
-    assert [e for e, _ in CheckpointManager(str(tmp_path), "m", keep_max=2).epoch_files()] == [5, 6]
+    assert [e for (e, _), _ in CheckpointManager(str(tmp_path), "m", keep_max=2).epoch_files()] == [5, 6]
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    net = ms.nn.Dense(2, 2)
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written (a disk that fills up)."""
+
+    def __init__(self, path, mode, room):
+        self.f, self.room = open(path, mode), room
+
+    def write(self, data):
+        if self.room < len(data):
+            self.f.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _saved_net():
+    net = ms.nn.Dense(64, 64)
+    return net
+
+
+def test_full_disk_removes_the_partial_file_keeps_the_previous_checkpoints_and_stops(tmp_path, monkeypatch, capfd):
+    from mindcv_xception.checkpoint import CheckpointWriteError
+    from mindspore.train import serialization
+
+    net = _saved_net()
     manager = CheckpointManager(str(tmp_path), "m", keep_max=5)
     manager.save(net, 1, {"epoch": 1})
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ms, "save_checkpoint", disk_full)
-    assert manager.save(net, 2, {"epoch": 2}) is None
-    assert checkpoint_meta(read_checkpoint(manager.last_path))["epoch"] == 1
+    # the disk fills up inside MindSpore's own writer, half-way through the file
+    monkeypatch.setattr(serialization._ckpt_fs, "create", lambda path, mode="ab": _FullDisk(path, mode, 4000))
+    with pytest.raises(CheckpointWriteError, match="No space left on device.*previous checkpoints are kept"):
+        manager.save(net, 2, {"epoch": 2})
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-e0001.ckpt"]
+    assert checkpoint_meta(read_checkpoint(manager.last_path))["epoch"] == 1
+    assert "Failed to save the checkpoint file" not in capfd.readouterr().err  # our one line says it
+
+
+def test_read_only_run_folder_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    from mindcv_xception.checkpoint import CheckpointWriteError
+    from mindspore.train import serialization
+
+    manager = CheckpointManager(str(tmp_path), "m", keep_max=5)
+
+    def read_only(path, *args):  # root ignores chmod: simulate the file system's refusal
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(serialization._ckpt_fs, "create", read_only)
+    with pytest.raises(CheckpointWriteError, match="Read-only file system"):
+        manager.save(_saved_net(), 1, {"epoch": 1})
+    assert os.listdir(tmp_path) == []
+
+
+def test_os_errors_of_a_script_are_one_line_and_exit_code_2(capsys):
+    from mindcv_xception.cli import run_cli
+
+    def write_metrics_on_full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
+
+    assert run_cli(write_metrics_on_full_disk) == 2
+    assert capsys.readouterr().err == "error: runs/x/metrics.jsonl: No space left on device\n"
 
 
 def test_resume_without_checkpoints_is_a_clear_error(tmp_path):
@@ -169,3 +291,55 @@ def test_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_checkp
     assert code == 2 and "the loss has been non-finite for 2 steps" in err
     assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == ["xception_small-e0002.ckpt"]
     assert checkpoint_meta(read_checkpoint(os.path.join(run_dir, "xception_small-e0002.ckpt")))["epoch"] == 2
+
+
+def test_checkpoint_with_non_finite_weights_is_never_written_nor_marked_best(tmp_path):
+    from mindcv_xception.checkpoint import NonFiniteWeights
+
+    net = ms.nn.Dense(2, 2)
+    manager = CheckpointManager(str(tmp_path), "m", keep_max=5)
+    manager.save(net, 1, {"epoch": 1}, is_best=True)
+    net.weight.set_data(ms.Tensor(np.array([[np.nan, 0], [0, 1]], np.float32)))
+    with pytest.raises(NonFiniteWeights, match=r"not finite \(.*weight\).*last good checkpoint is .*m-e0001.ckpt"):
+        manager.save(net, 2, {"epoch": 2}, is_best=True)
+    assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt", "m-e0001.ckpt"]
+    assert checkpoint_meta(read_checkpoint(manager.best_path))["epoch"] == 1
+
+
+def test_metrics_file_stays_valid_json_with_a_non_finite_loss(tmp_path):
+    from mindcv_xception.trainer import write_metrics
+
+    write_metrics(str(tmp_path), {"epoch": 1, "train_loss": float("nan"), "val_loss": float("inf")})
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    row = json.loads(open(tmp_path / "metrics.jsonl").read(), parse_constant=strict)
+    assert row == {"epoch": 1, "train_loss": None, "val_loss": None}
+
+
+def test_validate_json_stays_valid_json_with_a_non_finite_loss(monkeypatch, capsys):
+    from mindcv_xception import validate
+
+    monkeypatch.setattr(validate, "validate", lambda cfg: {"top1": 0.1, "top5": 0.5, "loss": float("nan"),
+                                                           "num_images": 20, "images_per_s": 3.0, "rank": 0})
+    assert validate.main(["--json"]) == 0
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(capsys.readouterr().out, parse_constant=strict)["loss"] is None
+
+
+@pytest.mark.slow
+def test_epoch_ending_with_non_finite_weights_is_not_saved_and_the_run_fails(
+        straight_and_resumed, small_digits, tmp_path):
+    straight, _, _ = straight_and_resumed
+    run_dir = str(tmp_path / "nan_epoch")
+    os.makedirs(run_dir)
+    os.link(os.path.join(straight, "xception_small-e0002.ckpt"), os.path.join(run_dir, "xception_small-e0002.ckpt"))
+    # the NaN stretch (7 steps) is shorter than max_nonfinite_steps: the epoch ends with NaN weights
+    code, _, err = run_script(train_args(small_digits, run_dir, "--resume", "--lr", "1e30",
+                                         "--max_nonfinite_steps", "100"))
+    assert code == 2 and "are not finite" in err and "xception_small-e0002.ckpt" in err
+    assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == ["xception_small-e0002.ckpt"]

@@ -128,3 +128,19 @@ def test_onnxruntime_backend_validates_like_mindspore(labelled):
     assert (onnx["top1"], onnx["top5"]) == (ours["top1"], ours["top5"])
     assert onnx["loss"] == pytest.approx(ours["loss"], rel=1e-5)
     np.testing.assert_allclose(onnx["logits"], ours["logits"], rtol=1e-4, atol=1e-4 * np.abs(ours["logits"]).max())
+
+
+@pytest.mark.slow
+def test_corrupt_validation_image_is_skipped_and_not_counted(labelled, tmp_path):
+    import shutil
+
+    data, ckpt, _ = labelled
+    copy = str(tmp_path / "digits")
+    shutil.copytree(data, copy)
+    path = os.path.join(copy, "val", "3", sorted(os.listdir(os.path.join(copy, "val", "3")))[0])
+    head = open(path, "rb").read()[:60]
+    open(path, "wb").write(head)  # the header survives, the pixels do not
+    code, out, err = run_script([*VALIDATE, "--data_dir", copy, "--ckpt_path", ckpt], timeout=600)
+    assert code == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["num_images"] == N_VAL - 1
+    assert "1 unreadable image(s) skipped (not scored, not counted)" in err + out
