@@ -1,4 +1,5 @@
 """Export an Xception checkpoint: ``python export.py --ckpt_path X.ckpt --file_format MINDIR|ONNX``."""
+
 import sys
 
 import mindspore as ms

@@ -1,7 +1,8 @@
 """Top-5 classes of images with an Xception checkpoint.
 
-    python infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]
+python infer.py --ckpt_path X.ckpt IMAGE [IMAGE | DIR ...]
 """
+
 import sys
 
 import mindspore as ms

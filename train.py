@@ -1,4 +1,5 @@
 """Train or fine-tune Xception from a YAML recipe: python train.py --config RECIPE.yaml [--key value ...]."""
+
 import sys
 
 from mindcv_xception.cli import main_train

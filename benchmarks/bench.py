@@ -30,6 +30,7 @@ crop 299, flip, AutoAugment, random erasing 0.25), batch 32, 2 workers: ours (``
 against mindcv's ``create_dataset`` + ``create_transforms`` + ``create_loader``, rounds interleaved;
 and the start-up scan of the folder (``data.scan_image_folder``), first and from its index.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ DEFAULT_CASES = "infer_299_b8,infer_299_b32,train_299_b8,train_96_b32"
 NETWORKS = ("ours", "mindcv")
 ANCHORS = ("torch", "torch_cl", "onnxruntime")  # timed when installed; onnxruntime for inference only
 TORCH_PARAMS = 22_910_480  # Keras-style count (with BatchNorm moving statistics) at 1000 classes
-ASCEND_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "xception",
-                             "xception_ascend.yaml")
+ASCEND_RECIPE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "xception", "xception_ascend.yaml"
+)
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
 # shortcut convs still as matmuls; and, for inference only, without BatchNorm folding (training never
@@ -119,7 +121,6 @@ def available_networks(cases: List[str], requested: str = "") -> Tuple[str, ...]
 def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
     """One eager PyTorch step of ``case`` on the same Xception (fp32, default threads)."""
     import torch
-
     from torch_xception import TorchXception, keras_style_count
 
     kind, size, batch = parse_case(case)
@@ -139,6 +140,7 @@ def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
         def infer() -> None:
             with torch.inference_mode():
                 net(x).numpy()
+
         return infer
     labels = torch.from_numpy(rng.integers(0, 1000, batch).astype(np.int64))
     net.train()
@@ -151,6 +153,7 @@ def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
         loss.backward()
         opt.step()
         loss.item()
+
     return train
 
 
@@ -159,6 +162,7 @@ def onnxruntime_step(case: str) -> Callable[[], None]:
     import tempfile
 
     import onnxruntime
+
     from mindcv_xception import Xception
     from mindcv_xception.backends import export_onnx
 
@@ -240,7 +244,7 @@ def matmul_step(n: int = 1536) -> Tuple[Callable[[], None], float]:
     rng = np.random.default_rng(0)
     a, b = (ms.Tensor(rng.standard_normal((n, n)).astype(np.float32)) for _ in range(2))
     cell = MatMul()
-    return (lambda: cell(a, b).asnumpy()), 2.0 * n ** 3
+    return (lambda: cell(a, b).asnumpy()), 2.0 * n**3
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -264,13 +268,17 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
         mm_times.append(timed(mm))
         for key, fn in steps.items():
             times[key].append(timed(fn))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c}/{n} {times[c, n][-1]:.2f}s" for c, n in steps),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{rounds}: " + ", ".join(f"{c}/{n} {times[c, n][-1]:.2f}s" for c, n in steps),
+            file=sys.stderr,
+            flush=True,
+        )
     ceiling = mm_flops / float(np.median(mm_times))
     sizes = sorted({parse_case(c)[1] for c in cases})
     # the anchors compute our network's multiply-adds: "ours" is always counted
-    macs = {size: {net: multiply_adds(net, size) for net in NETWORKS if net == "ours" or net in networks}
-            for size in sizes}
+    macs = {
+        size: {net: multiply_adds(net, size) for net in NETWORKS if net == "ours" or net in networks} for size in sizes
+    }
     results = {}
     for case in cases:
         kind, size, batch = parse_case(case)
@@ -297,9 +305,14 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
         if "onnxruntime" in img_s and "ours" in img_s:
             r["ours_vs_onnxruntime"] = round(img_s["ours"] / img_s["onnxruntime"], 3)
         results[case] = r
-    return {"cases": results, "compile_s": compile_s, "matmul_ceiling_gflop_s": round(ceiling / 1e9, 1),
-            "networks": [n for n in networks], "rounds": rounds,
-            "macs_per_image_G": {str(s): {n: round(v / 1e9, 3) for n, v in m.items()} for s, m in macs.items()}}
+    return {
+        "cases": results,
+        "compile_s": compile_s,
+        "matmul_ceiling_gflop_s": round(ceiling / 1e9, 1),
+        "networks": [n for n in networks],
+        "rounds": rounds,
+        "macs_per_image_G": {str(s): {n: round(v / 1e9, 3) for n, v in m.items()} for s, m in macs.items()},
+    }
 
 
 def child_memory(case: str, network: str) -> Dict[str, float]:
@@ -308,8 +321,12 @@ def child_memory(case: str, network: str) -> Dict[str, float]:
     A child that fails (e.g. killed for lack of memory) is reported as ``{"error": ...}``, so the
     rest of the run's results are kept.
     """
-    out = subprocess.run([sys.executable, __file__, "--child", case, network], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", case, network],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         errors = [ln for ln in out.stderr.splitlines() if "Error" in ln and "Cell.__del__" not in ln]
@@ -351,10 +368,29 @@ def cpu_info() -> Dict[str, object]:
                     model, count = value.strip(), count + 1
                 elif key == "flags" and not flags:
                     flags = set(value.split())
-    vector = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-                          "amx_tile", "amx_bf16") if f in flags]
-    return {"model": model, "logical_cpus": count or os.cpu_count(), "vector_extensions": vector,
-            "avx2": "avx2" in flags, "avx512": "avx512f" in flags}
+    vector = [
+        f
+        for f in (
+            "avx",
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512_vnni",
+            "avx512_bf16",
+            "amx_tile",
+            "amx_bf16",
+        )
+        if f in flags
+    ]
+    return {
+        "model": model,
+        "logical_cpus": count or os.cpu_count(),
+        "vector_extensions": vector,
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+    }
 
 
 def environment() -> Dict[str, object]:
@@ -368,20 +404,41 @@ def environment() -> Dict[str, object]:
             return "not installed"
 
     cpu = cpu_info()
-    return {"cpu": f"{cpu['model']} x{cpu['logical_cpus']}", "cpu_vector_extensions": cpu["vector_extensions"],
-            "avx2": cpu["avx2"], "avx512": cpu["avx512"], "cores": str(os.cpu_count()),
-            "python": platform.python_version(), "mindspore": ms.__version__, "mindcv": mindcv.__version__,
-            "numpy": np.__version__, "torch": version("torch"), "onnxruntime": version("onnxruntime"),
-            "torch_threads": __import__("torch").get_num_threads() if installed("torch") else None,
-            "load_average": " ".join(f"{v:.1f}" for v in os.getloadavg())}
+    return {
+        "cpu": f"{cpu['model']} x{cpu['logical_cpus']}",
+        "cpu_vector_extensions": cpu["vector_extensions"],
+        "avx2": cpu["avx2"],
+        "avx512": cpu["avx512"],
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "mindspore": ms.__version__,
+        "mindcv": mindcv.__version__,
+        "numpy": np.__version__,
+        "torch": version("torch"),
+        "onnxruntime": version("onnxruntime"),
+        "torch_threads": __import__("torch").get_num_threads() if installed("torch") else None,
+        "load_average": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+    }
 
 
 def _pipeline_cfg(data_dir: str, workers: int, batch: int):
     """The Ascend recipe's data settings for a CPU run of the pipeline."""
     from mindcv_xception.config import parse_config
 
-    return parse_config(["--config", ASCEND_RECIPE, "--data_dir", data_dir, "--batch_size", str(batch),
-                         "--num_parallel_workers", str(workers), "--distribute", "False"])
+    return parse_config(
+        [
+            "--config",
+            ASCEND_RECIPE,
+            "--data_dir",
+            data_dir,
+            "--batch_size",
+            str(batch),
+            "--num_parallel_workers",
+            str(workers),
+            "--distribute",
+            "False",
+        ]
+    )
 
 
 def ours_loader(folder, cfg, epoch: int):
@@ -395,14 +452,30 @@ def mindcv_loader(data_dir: str, cfg):
     """mindcv 0.3.0's own ImageNet training pipeline with the same settings."""
     from mindcv.data import create_dataset, create_loader, create_transforms
 
-    dataset = create_dataset("imagenet", root=data_dir, split="train", shuffle=True,
-                             num_parallel_workers=cfg.num_parallel_workers)
-    transforms = create_transforms("imagenet", image_resize=cfg.image_resize, is_training=True,
-                                   auto_augment=cfg.auto_augment, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                                   hflip=cfg.hflip, re_prob=cfg.re_prob, interpolation=cfg.interpolation,
-                                   mean=cfg.mean, std=cfg.std)
-    return create_loader(dataset, batch_size=cfg.batch_size, drop_remainder=True, is_training=True,
-                         transform=transforms, num_parallel_workers=cfg.num_parallel_workers)
+    dataset = create_dataset(
+        "imagenet", root=data_dir, split="train", shuffle=True, num_parallel_workers=cfg.num_parallel_workers
+    )
+    transforms = create_transforms(
+        "imagenet",
+        image_resize=cfg.image_resize,
+        is_training=True,
+        auto_augment=cfg.auto_augment,
+        scale=tuple(cfg.scale),
+        ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip,
+        re_prob=cfg.re_prob,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+    return create_loader(
+        dataset,
+        batch_size=cfg.batch_size,
+        drop_remainder=True,
+        is_training=True,
+        transform=transforms,
+        num_parallel_workers=cfg.num_parallel_workers,
+    )
 
 
 def time_loader(loader, batches: int) -> Tuple[float, float]:
@@ -418,12 +491,12 @@ def time_loader(loader, batches: int) -> Tuple[float, float]:
     return started - start, n / max(elapsed, 1e-9)
 
 
-def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", workers: int = 2,
-                 batch: int = 32) -> Dict:
+def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", workers: int = 2, batch: int = 32) -> Dict:
     """Training input pipelines, ours against mindcv's, rounds interleaved; and the start-up scan."""
     import tempfile
 
     from imagenet_like import make_imagenet_like
+
     from mindcv_xception import data
 
     data_dir = data_dir or os.path.join(tempfile.gettempdir(), f"bench_imagenet_like_{images}")
@@ -443,12 +516,22 @@ def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", wor
     for r in range(rounds):
         runs["ours"].append(time_loader(ours_loader(folder, cfg, r), batches))
         runs["mindcv"].append(time_loader(mindcv_loader(data_dir, cfg), batches))
-        print(f"pipeline round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1][1]:.1f} img/s" for n, v in runs.items()),
-              file=sys.stderr, flush=True)
-    result = {"images": len(folder), "batch": batch, "workers": workers, "batches_timed": batches,
-              "augmentation": f"random-resized crop {cfg.image_resize}, hflip {cfg.hflip}, {cfg.auto_augment}, "
-                              f"random erasing {cfg.re_prob}", "folder": data_dir,
-              "folder_written_s": round(made, 1), "scan": scan}
+        print(
+            f"pipeline round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1][1]:.1f} img/s" for n, v in runs.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    result = {
+        "images": len(folder),
+        "batch": batch,
+        "workers": workers,
+        "batches_timed": batches,
+        "augmentation": f"random-resized crop {cfg.image_resize}, hflip {cfg.hflip}, {cfg.auto_augment}, "
+        f"random erasing {cfg.re_prob}",
+        "folder": data_dir,
+        "folder_written_s": round(made, 1),
+        "scan": scan,
+    }
     for name, values in runs.items():
         result[f"{name}_img_s"] = round(float(np.median([v[1] for v in values])), 1)
         result[f"{name}_first_batch_s"] = round(float(np.median([v[0] for v in values])), 2)
@@ -458,34 +541,49 @@ def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", wor
 
 def print_table(report: Dict) -> None:
     env = report["environment"]
-    print(f"{env['cpu']} ({env['cores']} cores; {' '.join(env['cpu_vector_extensions']) or 'no AVX'}), "
-          f"Python {env['python']}, MindSpore {env['mindspore']}, mindcv {env['mindcv']}, torch {env['torch']}, "
-          f"onnxruntime {env['onnxruntime']}, load average at start {env['load_average']}")
+    print(
+        f"{env['cpu']} ({env['cores']} cores; {' '.join(env['cpu_vector_extensions']) or 'no AVX'}), "
+        f"Python {env['python']}, MindSpore {env['mindspore']}, mindcv {env['mindcv']}, torch {env['torch']}, "
+        f"onnxruntime {env['onnxruntime']}, load average at start {env['load_average']}"
+    )
     if "cases" in report:
-        print(f"matmul ceiling {report['matmul_ceiling_gflop_s']} GFLOP/s; multiply-adds per image (G): "
-              f"{report['macs_per_image_G']}")
+        print(
+            f"matmul ceiling {report['matmul_ceiling_gflop_s']} GFLOP/s; multiply-adds per image (G): "
+            f"{report['macs_per_image_G']}"
+        )
         shown = [n for n in report["networks"] if n not in EXTRA]
-        print(f"{'case':16} " + " ".join(f"{n + ' img/s':>17}" for n in shown) +
-              f" {'ours/mindcv':>11} {'ours/torch':>10} {'ours/onnxrt':>11}")
+        print(
+            f"{'case':16} "
+            + " ".join(f"{n + ' img/s':>17}" for n in shown)
+            + f" {'ours/mindcv':>11} {'ours/torch':>10} {'ours/onnxrt':>11}"
+        )
         for case, r in report["cases"].items():
             cells = [f"{r[n + '_img_s']:17.2f}" if n + "_img_s" in r else f"{'-':>17}" for n in shown]
-            ratios = [f"{r[k]:{w}.2f}" if k in r else f"{'-':>{w}}"
-                      for k, w in (("ratio", 11), ("ours_vs_torch", 10), ("ours_vs_onnxruntime", 11))]
+            ratios = [
+                f"{r[k]:{w}.2f}" if k in r else f"{'-':>{w}}"
+                for k, w in (("ratio", 11), ("ours_vs_torch", 10), ("ours_vs_onnxruntime", 11))
+            ]
             print(f"{case:16} " + " ".join(cells) + " " + " ".join(ratios))
             for extra in EXTRA:
                 if f"{extra}_img_s" in r:
                     print(f"{'':16} {extra}: {r[extra + '_img_s']:.2f} img/s, {r[extra + '_ratio']:.2f} x mindcv")
         print("compile (first call) s:", report["compile_s"])
     for case, m in report.get("memory", {}).items():
-        print(f"peak RSS {case:16} " + "  ".join(
-            f"{n}: {v['error']}" if "error" in v else f"{n}: {v['peak_mib']} MiB (built {v['built_mib']})"
-            for n, v in m.items()))
+        print(
+            f"peak RSS {case:16} "
+            + "  ".join(
+                f"{n}: {v['error']}" if "error" in v else f"{n}: {v['peak_mib']} MiB (built {v['built_mib']})"
+                for n, v in m.items()
+            )
+        )
     if "pipeline" in report:
         p = report["pipeline"]
-        print(f"input pipeline ({p['images']} JPEGs 500x375 q90, {p['augmentation']}, batch {p['batch']}, "
-              f"{p['workers']} workers): ours {p['ours_img_s']} img/s, mindcv {p['mindcv_img_s']} img/s, "
-              f"ratio {p['ratio']:.2f}; first batch after {p['ours_first_batch_s']} / {p['mindcv_first_batch_s']} s; "
-              f"start-up scan {p['scan']} ms per image")
+        print(
+            f"input pipeline ({p['images']} JPEGs 500x375 q90, {p['augmentation']}, batch {p['batch']}, "
+            f"{p['workers']} workers): ours {p['ours_img_s']} img/s, mindcv {p['mindcv_img_s']} img/s, "
+            f"ratio {p['ratio']:.2f}; first batch after {p['ours_first_batch_s']} / {p['mindcv_first_batch_s']} s; "
+            f"start-up scan {p['scan']} ms per image"
+        )
 
 
 def main() -> None:
@@ -494,14 +592,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up (default 5)")
     parser.add_argument("--no-speed", action="store_true", help="skip the timing (memory only)")
     parser.add_argument("--memory", action="store_true", help="peak RSS of every case, one child process each")
-    parser.add_argument("--memory-batches", default="",
-                        help="also the peak RSS of our training step at 299 for these batches, e.g. 8,16,32")
-    parser.add_argument("--extra", action="store_true",
-                        help=f"also time {', '.join(EXTRA)} (one change at a time; ratios to mindcv)")
-    parser.add_argument("--networks", default="",
-                        help=f"comma-separated subset of {', '.join(NETWORKS + ANCHORS)} (default: all installed)")
-    parser.add_argument("--pipeline", action="store_true",
-                        help="also time the training input pipelines (ours, mindcv's) and the start-up scan")
+    parser.add_argument(
+        "--memory-batches",
+        default="",
+        help="also the peak RSS of our training step at 299 for these batches, e.g. 8,16,32",
+    )
+    parser.add_argument(
+        "--extra", action="store_true", help=f"also time {', '.join(EXTRA)} (one change at a time; ratios to mindcv)"
+    )
+    parser.add_argument(
+        "--networks",
+        default="",
+        help=f"comma-separated subset of {', '.join(NETWORKS + ANCHORS)} (default: all installed)",
+    )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time the training input pipelines (ours, mindcv's) and the start-up scan",
+    )
     parser.add_argument("--pipeline-images", type=int, default=640, help="JPEGs in the generated folder")
     parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed per round")
     parser.add_argument("--pipeline-dir", default="", help="where the JPEG folder is made (kept and reused)")
@@ -520,9 +628,13 @@ def main() -> None:
     networks = available_networks(cases, args.networks) + (EXTRA if args.extra else ())
     report: Dict = {"environment": environment()}
     env = report["environment"]
-    print(f"{env['cpu']}; vector extensions: {' '.join(env['cpu_vector_extensions']) or 'none'}; "
-          f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
-          f"timing {', '.join(networks)}", file=sys.stderr, flush=True)
+    print(
+        f"{env['cpu']}; vector extensions: {' '.join(env['cpu_vector_extensions']) or 'none'}; "
+        f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
+        f"timing {', '.join(networks)}",
+        file=sys.stderr,
+        flush=True,
+    )
     if not args.no_speed:
         report.update(run_speed(cases, args.rounds, networks))
     memory_networks = [n for n in networks if n in NETWORKS + ("torch",)]
@@ -534,8 +646,7 @@ def main() -> None:
         for network in ["ours", "ours_native_convs"] + [n for n in memory_networks if n == "torch"]:
             report.setdefault("memory", {}).setdefault(case, {})[network] = child_memory(case, network)
     if args.pipeline:
-        report["pipeline"] = run_pipeline(args.rounds, args.pipeline_images, args.pipeline_batches,
-                                          args.pipeline_dir)
+        report["pipeline"] = run_pipeline(args.rounds, args.pipeline_images, args.pipeline_batches, args.pipeline_dir)
     if args.json:
         print(json.dumps(report))
     else:

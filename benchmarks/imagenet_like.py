@@ -7,6 +7,7 @@ JPEG, so files differ like ImageNet's do; the result depends on ``seed`` only.
 
     python benchmarks/imagenet_like.py OUT [--images 640] [--classes 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,15 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle_left",
+    "hubble_deep_field",
+    "immunohistochemistry",
+)
 
 
 def source_photos() -> List[Image.Image]:

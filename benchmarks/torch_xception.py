@@ -13,6 +13,7 @@ max pools too (TensorFlow pads an even input by 0 before and 1 after: the same o
 work, a one-pixel shift of the windows that does not matter for timing). 22,910,480 parameters at
 1000 classes, counting BatchNorm's moving mean and variance as Keras does (``keras_style_count``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,7 @@ class SeparableConv(nn.Module):
 class Block(nn.Module):
     """A residual block: ``reps`` x (ReLU, separable conv, BatchNorm), then a pool and a conv shortcut if strided."""
 
-    def __init__(self, cin: int, cout: int, reps: int, strided: bool, relu_first: bool = True,
-                 mid: int = 0) -> None:
+    def __init__(self, cin: int, cout: int, reps: int, strided: bool, relu_first: bool = True, mid: int = 0) -> None:
         super().__init__()
         layers = []
         channels = [cin] + [mid or cout] * (reps - 1) + [cout]
@@ -66,15 +66,30 @@ class TorchXception(nn.Module):
     def __init__(self, num_classes: int = 1000, middle_depth: int = 8, drop_rate: float = 0.5) -> None:
         super().__init__()
         w = WIDTHS
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, bias=False), _bn(32), nn.ReLU(),
-                                  nn.Conv2d(32, w[0], 3, bias=False), _bn(w[0]), nn.ReLU())
-        self.entry = nn.Sequential(Block(w[0], w[1], 2, True, relu_first=False), Block(w[1], w[2], 2, True),
-                                   Block(w[2], w[3], 2, True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, bias=False),
+            _bn(32),
+            nn.ReLU(),
+            nn.Conv2d(32, w[0], 3, bias=False),
+            _bn(w[0]),
+            nn.ReLU(),
+        )
+        self.entry = nn.Sequential(
+            Block(w[0], w[1], 2, True, relu_first=False), Block(w[1], w[2], 2, True), Block(w[2], w[3], 2, True)
+        )
         self.middle = nn.Sequential(*[Block(w[3], w[3], 3, False) for _ in range(middle_depth)])
         self.exit = Block(w[3], w[4], 2, True, mid=w[3])
-        self.head = nn.Sequential(SeparableConv(w[4], w[5]), _bn(w[5]), nn.ReLU(),
-                                  SeparableConv(w[5], w[6]), _bn(w[6]), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate))
+        self.head = nn.Sequential(
+            SeparableConv(w[4], w[5]),
+            _bn(w[5]),
+            nn.ReLU(),
+            SeparableConv(w[5], w[6]),
+            _bn(w[6]),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(drop_rate),
+        )
         self.classifier = nn.Linear(w[6], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 Checkpoints, converted weights, downloads and exports all go through ``atomic_output``, so a crash,
 ``kill -9`` or a failed write leaves the previous file (if any) intact and no partial one behind.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ configuration, the input size, the batch and the preprocessing record, so a chan
 exported again. Files are written atomically; an entry ONNX Runtime cannot load is exported again.
 MindSpore exports ONNX with a static batch only, so batches are padded or split to the exported one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,9 @@ def choose_backend(requested: str = "auto", device: Optional[str] = None) -> str
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     device = device or ms.get_context("device_target")
     if requested == "onnxruntime" and not onnxruntime_available():
-        raise BackendError("--backend onnxruntime needs the onnxruntime package: pip install onnxruntime "
-                           "(or use --backend mindspore)")
+        raise BackendError(
+            "--backend onnxruntime needs the onnxruntime package: pip install onnxruntime (or use --backend mindspore)"
+        )
     if requested == "auto":
         return "onnxruntime" if device == "CPU" and onnxruntime_available() else "mindspore"
     return requested
@@ -74,13 +76,20 @@ def onnx_cache_dir() -> str:
     return os.path.join(cache_dir(), "onnx")
 
 
-def onnx_cache_path(ckpt_path: str, net: nn.Cell, prep: Preprocessing, batch_size: int,
-                    extra: Optional[Dict[str, object]] = None) -> str:
+def onnx_cache_path(
+    ckpt_path: str, net: nn.Cell, prep: Preprocessing, batch_size: int, extra: Optional[Dict[str, object]] = None
+) -> str:
     """The cache file for this checkpoint content, network configuration, input and batch."""
-    key = {"checkpoint_sha256": file_sha256(ckpt_path), "network": getattr(net, "init_kwargs", {}),
-           "image_size": prep.image_size, "num_classes": getattr(net, "num_classes", None),
-           "preprocessing": prep.to_record(), "batch_size": batch_size, "format": ONNX_FORMAT_VERSION,
-           **(extra or {})}
+    key = {
+        "checkpoint_sha256": file_sha256(ckpt_path),
+        "network": getattr(net, "init_kwargs", {}),
+        "image_size": prep.image_size,
+        "num_classes": getattr(net, "num_classes", None),
+        "preprocessing": prep.to_record(),
+        "batch_size": batch_size,
+        "format": ONNX_FORMAT_VERSION,
+        **(extra or {}),
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     stem = os.path.splitext(os.path.basename(ckpt_path))[0]
     return os.path.join(onnx_cache_dir(), f"{stem}.{digest}.onnx")
@@ -106,7 +115,7 @@ class OnnxPredictor:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = []
         for start in range(0, len(x), self.batch_size):
-            chunk = x[start:start + self.batch_size]
+            chunk = x[start : start + self.batch_size]
             n = len(chunk)
             if n < self.batch_size:
                 chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]), np.float32)])
@@ -130,8 +139,13 @@ def _session(path: str):
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
-def onnx_predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, batch_size: int = 1,
-                   extra_key: Optional[Dict[str, object]] = None) -> OnnxPredictor:
+def onnx_predictor(
+    net: nn.Cell,
+    ckpt_path: str,
+    prep: Preprocessing,
+    batch_size: int = 1,
+    extra_key: Optional[Dict[str, object]] = None,
+) -> OnnxPredictor:
     """An ONNX Runtime predictor for ``net`` (loaded from ``ckpt_path``), exporting it once into the cache.
 
     ``extra_key``: anything else that chose the weights (e.g. EMA or raw), so it keys the cache too.
@@ -143,15 +157,24 @@ def onnx_predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, batch_size
             logger.info("ONNX model from the cache: %s", path)
             return predictor
         except Exception as exc:  # a truncated or corrupt file: onnxruntime's errors have no common base
-            logger.warning("cached ONNX model %s is not loadable (%s): exporting it again", path,
-                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            logger.warning(
+                "cached ONNX model %s is not loadable (%s): exporting it again",
+                path,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
     logger.info("Exporting %s to ONNX once (batch %d, %d px): %s", ckpt_path, batch_size, prep.image_size, path)
     export_onnx(net, path, prep.image_size, batch_size)
     return OnnxPredictor(_session(path), path)
 
 
-def predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, backend: str = "auto", batch_size: int = 1,
-              extra_key: Optional[Dict[str, object]] = None) -> Predictor:
+def predictor(
+    net: nn.Cell,
+    ckpt_path: str,
+    prep: Preprocessing,
+    backend: str = "auto",
+    batch_size: int = 1,
+    extra_key: Optional[Dict[str, object]] = None,
+) -> Predictor:
     """A ``Predictor`` (numpy NCHW float32 batch -> logits) for ``net``, a loaded eval-mode Xception.
 
     ``backend``: 'mindspore' (``inference_network``, every device), 'onnxruntime' (the exported model,
@@ -166,15 +189,24 @@ def predictor(net: nn.Cell, ckpt_path: str, prep: Preprocessing, backend: str = 
             result = onnx_predictor(net, ckpt_path, prep, batch_size, extra_key)
         except OSError as exc:  # e.g. no writable cache folder
             if backend != "auto":
-                raise BackendError(f"cannot keep the ONNX export in {onnx_cache_dir()} ({exc}); set "
-                                   f"MINDCV_XCEPTION_CACHE to a writable folder or use --backend mindspore") from None
+                raise BackendError(
+                    f"cannot keep the ONNX export in {onnx_cache_dir()} ({exc}); set "
+                    f"MINDCV_XCEPTION_CACHE to a writable folder or use --backend mindspore"
+                ) from None
             logger.warning("ONNX Runtime not used: cannot keep the export in %s (%s)", onnx_cache_dir(), exc)
         else:
             logger.info("Inference backend: ONNX Runtime %s (CPU), %s", onnxruntime.__version__, result.path)
             return result
     from .bn_folding import inference_network
 
-    logger.info("Inference backend: MindSpore %s (%s)%s", ms.__version__, ms.get_context("device_target"),
-                "" if backend == "mindspore" else "; pip install onnxruntime for the faster CPU backend"
-                if ms.get_context("device_target") == "CPU" else "")
+    logger.info(
+        "Inference backend: MindSpore %s (%s)%s",
+        ms.__version__,
+        ms.get_context("device_target"),
+        ""
+        if backend == "mindspore"
+        else "; pip install onnxruntime for the faster CPU backend"
+        if ms.get_context("device_target") == "CPU"
+        else "",
+    )
     return MindSporePredictor(inference_network(net))

@@ -7,6 +7,7 @@ convolution (weight scaled per output channel, a bias added), so a forward pass 
 at all. The result equals ``net`` in eval mode up to float rounding (tests/test_bn_folding.py).
 The trained network itself is left untouched.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -26,8 +27,9 @@ def fold_batch_norm(weight: np.ndarray, bn: nn.BatchNorm2d) -> Tuple[np.ndarray,
 
     ``weight`` is the conv's (out, in, kh, kw) kernel; the arithmetic is done in float64.
     """
-    gamma, beta, mean, var = (p.asnumpy().astype(np.float64) for p in
-                              (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
+    gamma, beta, mean, var = (
+        p.asnumpy().astype(np.float64) for p in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)
+    )
     scale = gamma / np.sqrt(var + bn.eps)
     folded = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
     return folded.astype(np.float32), (beta - mean * scale).astype(np.float32)
@@ -40,12 +42,29 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
     out_channels, in_per_group, kh, kw = weight.shape
     if isinstance(conv, MatmulConv2d):
-        return MatmulConv2d(in_per_group, out_channels, (kh, kw), stride=tuple(conv.stride), has_bias=True,
-                            as_matmul=conv.as_matmul, weight_init=ms.Tensor(weight), bias_init=ms.Tensor(bias))
+        return MatmulConv2d(
+            in_per_group,
+            out_channels,
+            (kh, kw),
+            stride=tuple(conv.stride),
+            has_bias=True,
+            as_matmul=conv.as_matmul,
+            weight_init=ms.Tensor(weight),
+            bias_init=ms.Tensor(bias),
+        )
     padding = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
-    folded = nn.Conv2d(in_per_group * conv.group, out_channels, (kh, kw), stride=tuple(conv.stride),
-                       pad_mode=conv.pad_mode, padding=padding, group=conv.group, has_bias=True,
-                       weight_init=ms.Tensor(weight), bias_init=ms.Tensor(bias))
+    folded = nn.Conv2d(
+        in_per_group * conv.group,
+        out_channels,
+        (kh, kw),
+        stride=tuple(conv.stride),
+        pad_mode=conv.pad_mode,
+        padding=padding,
+        group=conv.group,
+        has_bias=True,
+        weight_init=ms.Tensor(weight),
+        bias_init=ms.Tensor(bias),
+    )
     return folded
 
 

@@ -6,6 +6,7 @@ counter, loss scale) plus a metadata record (epoch, step, best metric, config ha
 Files are written to a temporary name and renamed, so a crash or ``kill -9`` mid-write leaves the
 previous checkpoints intact; ``last.ckpt`` and ``best.ckpt`` are hard links to epoch files.
 """
+
 from __future__ import annotations
 
 import glob
@@ -20,8 +21,8 @@ import numpy as np
 from mindspore import nn
 
 from .atomic import atomic_output, temporary_path
-from .run_folder import stale_temporaries
 from .loading import META_KEY, CheckpointError, checkpoint_meta, named_parameters, read_checkpoint
+from .run_folder import stale_temporaries
 
 logger = logging.getLogger(__name__)
 # "<model>-e0003.ckpt": after epoch 3; "<model>-e0003-s00012.ckpt": epoch 3 done and 12 steps of epoch 4
@@ -151,8 +152,15 @@ class CheckpointManager:
         """The checkpoints on disk as ((epoch, step), path), oldest first (see ``epoch_files``)."""
         return epoch_files(self.run_dir)
 
-    def save(self, state: Union[nn.Cell, Dict[str, ms.Parameter]], epoch: int, meta: Dict[str, object],
-             is_best: bool = False, step: int = 0, score: Optional[float] = None) -> Optional[str]:
+    def save(
+        self,
+        state: Union[nn.Cell, Dict[str, ms.Parameter]],
+        epoch: int,
+        meta: Dict[str, object],
+        is_best: bool = False,
+        step: int = 0,
+        score: Optional[float] = None,
+    ) -> Optional[str]:
         """Write the checkpoint after ``epoch`` epochs (and ``step`` steps of the next one, when a run is
         stopped mid-epoch); update last/best links and retention (``score``: its val top-1, for top_k).
 
@@ -166,7 +174,8 @@ class CheckpointManager:
             raise NonFiniteWeights(
                 f"the weights after epoch {epoch}{f' step {step}' if step else ''} are not finite ({bad}); not "
                 f"saved. The last good checkpoint is {good[-1][1] if good else 'none (no epoch finished)'}: "
-                f"resume it with a lower learning rate (--resume PATH --lr ...)")
+                f"resume it with a lower learning rate (--resume PATH --lr ...)"
+            )
         try:
             write_atomic(state, path, meta)
             _link_atomic(path, self.last_path)
@@ -177,7 +186,8 @@ class CheckpointManager:
             raise CheckpointWriteError(
                 f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoints are kept "
                 f"(newest: {good[-1] if good else 'none'}); free space or make {self.run_dir} writable, then "
-                f"continue with --resume") from None
+                f"continue with --resume"
+            ) from None
         for old in self._beyond_retention((epoch, step), score):
             os.remove(old)
         return path
@@ -185,13 +195,14 @@ class CheckpointManager:
     def _beyond_retention(self, newest: Tuple[int, int], score: Optional[float]) -> List[str]:
         files = self.epoch_files()
         if self.policy != "top_k":
-            return [p for _, p in files[:-self.keep_max]]
+            return [p for _, p in files[: -self.keep_max]]
         scores = {(epoch, 0): top1 for epoch, top1 in self._scores().items()}
         if score is not None:
             scores[newest] = score
-        ranked = sorted((key for key, _ in files if key != newest), key=lambda k: scores.get(k, float("-inf")),
-                        reverse=True)
-        keep = set(ranked[:self.keep_max]) | {newest}
+        ranked = sorted(
+            (key for key, _ in files if key != newest), key=lambda k: scores.get(k, float("-inf")), reverse=True
+        )
+        keep = set(ranked[: self.keep_max]) | {newest}
         return [p for key, p in files if key not in keep]
 
     def _scores(self) -> Dict[int, float]:
@@ -214,8 +225,9 @@ class CheckpointManager:
         if os.path.exists(self.last_path) and not candidates:
             candidates.append(self.last_path)
         if not candidates:
-            raise CheckpointError(f"no checkpoint to resume from in {self.run_dir}; "
-                                  f"start without --resume, or pass --resume PATH")
+            raise CheckpointError(
+                f"no checkpoint to resume from in {self.run_dir}; start without --resume, or pass --resume PATH"
+            )
         for path in candidates:
             try:
                 params = read_checkpoint(path)

@@ -1,4 +1,5 @@
 """Entry points of the top-level scripts: parse the config, run, turn expected errors into one line."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,15 @@ def run_cli(fn: Callable[[], int]) -> int:
     except Interrupted as exc:  # a checkpoint was written; 128 + signal, as a shell reports a killed job
         print(f"stopped: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    except (ConfigError, DataError, CheckpointError, TrainingError, DistributedError, PretrainedError,
-            ValueError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        TrainingError,
+        DistributedError,
+        PretrainedError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # missing file, full disk, read-only folder: name the file and the reason

@@ -8,6 +8,7 @@ partial checkpoint. It carries the metadata record under ``META_KEY`` (model, nu
 class_names = null for ImageNet classes, source, ``bn_eps`` where it differs from ours, and the
 evaluation ``preprocessing`` the weights were trained for: ``preprocessing.KERAS`` / ``MINDCV``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,25 @@ def save_converted(params: Dict[str, np.ndarray], meta: Dict[str, object], dst: 
 
 def keras_meta(num_classes: int, source: str) -> Dict[str, object]:
     """The metadata of converted Keras weights: ImageNet (or the file's) classes, Keras's preprocessing."""
-    return {"model": "xception", "num_classes": num_classes, "class_names": None, "source": source,
-            PREPROCESSING_KEY: KERAS.to_record()}
+    return {
+        "model": "xception",
+        "num_classes": num_classes,
+        "class_names": None,
+        "source": source,
+        PREPROCESSING_KEY: KERAS.to_record(),
+    }
 
 
 def mindcv_meta(num_classes: int, source: str) -> Dict[str, object]:
     """The metadata of converted MindCV weights: their BatchNorm eps and MindCV's preprocessing."""
-    return {"model": "xception", "num_classes": num_classes, "class_names": None, "source": source,
-            "bn_eps": MINDCV_BN_EPS, PREPROCESSING_KEY: MINDCV.to_record()}
+    return {
+        "model": "xception",
+        "num_classes": num_classes,
+        "class_names": None,
+        "source": source,
+        "bn_eps": MINDCV_BN_EPS,
+        PREPROCESSING_KEY: MINDCV.to_record(),
+    }
 
 
 def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], int]:
@@ -70,15 +82,20 @@ def keras_to_params(src: str, num_classes: Optional[int] = None) -> Tuple[Dict[s
         num_classes = theirs
     elif num_classes not in (0, theirs):
         if theirs == 0:
-            raise KerasWeightsError(f"{src} is a no-top file (no classifier) but a {num_classes}-class head was "
-                                    f"asked for; convert it with --num_classes 0, or use the file with the top")
-        raise KerasWeightsError(f"{src} has a {theirs}-class head, not {num_classes}; convert with "
-                                f"--num_classes {theirs} (or 0 to drop the head)")
+            raise KerasWeightsError(
+                f"{src} is a no-top file (no classifier) but a {num_classes}-class head was "
+                f"asked for; convert it with --num_classes 0, or use the file with the top"
+            )
+        raise KerasWeightsError(
+            f"{src} has a {theirs}-class head, not {num_classes}; convert with "
+            f"--num_classes {theirs} (or 0 to drop the head)"
+        )
     return map_layers(found, _shapes(num_classes), src), num_classes
 
 
-def convert_keras(src: str, dst: str, num_classes: Optional[int] = None,
-                  source: Optional[str] = None) -> Dict[str, object]:
+def convert_keras(
+    src: str, dst: str, num_classes: Optional[int] = None, source: Optional[str] = None
+) -> Dict[str, object]:
     """Convert a Keras Xception weight file (``.h5`` or ``.weights.h5``) to our checkpoint; returns its metadata."""
     params, num_classes = keras_to_params(src, num_classes)
     meta = keras_meta(num_classes, source or f"keras:{os.path.basename(src)}")
@@ -109,10 +126,12 @@ def mindcv_name_map(their_names: Sequence[str]) -> Dict[str, str]:
         mapping[f"blocks.{b}.skip.weight"] = f"{ours}.shortcut.0.weight"
         mapping.update({f"blocks.{b}.skipbn.{f}": f"{ours}.shortcut.1.{f}" for f in bn_fields})
         # the j's of this block's separable convs and of its BNs, in order: the k-th of each is unit k
-        convs = sorted({int(m.group(1)) for n in their_names
-                        if (m := re.fullmatch(rf"blocks\.{b}\.rep\.(\d+)\.conv1\.weight", n))})
-        bns = sorted({int(m.group(1)) for n in their_names
-                      if (m := re.fullmatch(rf"blocks\.{b}\.rep\.(\d+)\.gamma", n))})
+        convs = sorted(
+            {int(m.group(1)) for n in their_names if (m := re.fullmatch(rf"blocks\.{b}\.rep\.(\d+)\.conv1\.weight", n))}
+        )
+        bns = sorted(
+            {int(m.group(1)) for n in their_names if (m := re.fullmatch(rf"blocks\.{b}\.rep\.(\d+)\.gamma", n))}
+        )
         for k, j in enumerate(convs):
             mapping[f"blocks.{b}.rep.{j}.conv1.weight"] = f"{ours}.units.{k}.conv.depthwise.weight"
             mapping[f"blocks.{b}.rep.{j}.pointwise.weight"] = f"{ours}.units.{k}.conv.pointwise.weight"
@@ -138,15 +157,19 @@ def convert_mindcv(src: str, dst: str, num_classes: Optional[int] = None) -> Dic
     """Convert a mindcv 0.3.0 Xception checkpoint to ours (BatchNorm eps 1e-5 and MindCV's preprocessing recorded)."""
     theirs = read_checkpoint(src)
     if not is_mindcv_checkpoint(theirs):
-        raise CheckpointError(f"{src} is not a mindcv Xception checkpoint (no conv1 / blocks.* parameters); "
-                              f"for our own checkpoints no conversion is needed")
+        raise CheckpointError(
+            f"{src} is not a mindcv Xception checkpoint (no conv1 / blocks.* parameters); "
+            f"for our own checkpoints no conversion is needed"
+        )
     params = mindcv_params_to_ours(theirs)
     file_classes = int(params["classifier.weight"].shape[0]) if "classifier.weight" in params else 0
     if num_classes is None:
         num_classes = file_classes
     elif num_classes not in (0, file_classes):
-        raise CheckpointError(f"{src} has a {file_classes}-class head, not {num_classes}; convert with "
-                              f"--num_classes {file_classes} (or 0 to drop the head)")
+        raise CheckpointError(
+            f"{src} has a {file_classes}-class head, not {num_classes}; convert with "
+            f"--num_classes {file_classes} (or 0 to drop the head)"
+        )
     if num_classes == 0:
         params = {n: v for n, v in params.items() if not n.startswith("classifier.")}
     meta = mindcv_meta(num_classes, f"mindcv:{os.path.basename(src)}")
@@ -167,7 +190,8 @@ def output_path(src: str, dst: str, force: bool = False) -> str:
                 break
         dst = os.path.join(dst, name + ".ckpt")
     same = os.path.abspath(src) == os.path.abspath(dst) or (
-        os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst))
+        os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)
+    )
     if same:
         raise CheckpointError(f"the output {dst} is the source file itself; give another output path")
     if os.path.exists(dst) and not force:
@@ -184,8 +208,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("src", help="Keras .h5 / .weights.h5, or mindcv .ckpt")
     parser.add_argument("dst", help="the MindSpore checkpoint to write (a folder: <folder>/<SRC name>.ckpt)")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
-    parser.add_argument("--num_classes", type=int, default=None,
-                        help="class count of the target network (default: the file's; 0 drops the head)")
+    parser.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="class count of the target network (default: the file's; 0 drops the head)",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

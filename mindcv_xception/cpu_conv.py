@@ -14,6 +14,7 @@ Each switches between its matmul formulation and MindSpore's native kernel (``se
 the default is the matmul one on CPU only (``matmul_convs_default``). Parameter names and shapes are
 those of ``nn.Conv2d`` either way, so checkpoints and the Keras weight mapping do not depend on it.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple, Union
@@ -37,7 +38,7 @@ def matmul_convs_default() -> bool:
 # are chained one after another (``ops.depend``). Chunks cost speed (training 299 b8: 5.4 s a step
 # unchunked, 7.0 s in 128 MB chunks) and save memory (training 299 b32 peaks at 18.3 GB in 128 MB
 # chunks, 19.1 GB in 256 MB, 23.3 GB in 512 MB, out of 24 GB unchunked): the README's "What was tried".
-DEPTHWISE_CHUNK_BYTES = 256 * 2 ** 20
+DEPTHWISE_CHUNK_BYTES = 256 * 2**20
 
 
 def _batch_chunk_size(x: Tensor) -> int:
@@ -78,7 +79,7 @@ def depthwise_3x3_matmul(x: Tensor, weight: Tensor) -> Tensor:
     out = _depthwise_3x3_matmul_whole(x[:size], weight)
     outs = (out,)
     for start in range(size, n, size):
-        part = ops.depend(x[start:start + size], out)  # not before the previous chunk is done
+        part = ops.depend(x[start : start + size], out)  # not before the previous chunk is done
         out = _depthwise_3x3_matmul_whole(part, weight)
         outs = outs + (out,)
     return ops.cat(outs, 0)
@@ -103,8 +104,8 @@ class Depthwise3x3Matmul(nn.Cell):
             return depthwise_3x3_matmul(dout, ops.flip(weight, (2, 3))), _depthwise_3x3_weight_grad(x, dout)
         dweight = _depthwise_3x3_weight_grad(x[:size], dout[:size])
         for start in range(size, n, size):
-            part = ops.depend(x[start:start + size], dweight)
-            dweight = dweight + _depthwise_3x3_weight_grad(part, dout[start:start + size])
+            part = ops.depend(x[start : start + size], dweight)
+            dweight = dweight + _depthwise_3x3_weight_grad(part, dout[start : start + size])
         dx = depthwise_3x3_matmul(ops.depend(dout, dweight), ops.flip(weight, (2, 3)))
         return dx, dweight
 
@@ -144,11 +145,19 @@ class MatmulConv2d(nn.Conv2d):
     to float summation order; the parameters are those of ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Tuple[int, int]],
-                 stride: Union[int, Tuple[int, int]] = 1, has_bias: bool = False, as_matmul: Optional[bool] = None,
-                 **kwargs) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
-                         has_bias=has_bias, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        has_bias: bool = False,
+        as_matmul: Optional[bool] = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid", has_bias=has_bias, **kwargs
+        )
         self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
 
     def construct(self, x: Tensor) -> Tensor:

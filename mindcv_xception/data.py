@@ -7,6 +7,7 @@ The training order is a function of (seed, epoch) only, so a resumed run sees th
 every rank takes its own slice of one permutation. Images are decoded with PIL in the source, so an
 unreadable or corrupt file is skipped (replaced by the next image) and counted, never a crash.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,10 @@ def _class_dirs(root: str) -> List[str]:
         raise DataError(f"data folder not found: {root}; pass --data_dir pointing at a folder of class sub-folders")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
-        raise DataError(f"{root} has no class sub-folders; expected {root}/<class>/<image> "
-                        f"(or {root}/train/<class>/... and {root}/val/<class>/...)")
+        raise DataError(
+            f"{root} has no class sub-folders; expected {root}/<class>/<image> "
+            f"(or {root}/train/<class>/... and {root}/val/<class>/...)"
+        )
     return classes
 
 
@@ -104,8 +107,9 @@ def _write_index(path: str, key: str, root: str, unreadable: List[str]) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump({"version": SCAN_INDEX_VERSION, "key": key, "root": os.path.realpath(root),
-                       "unreadable": unreadable}, f)
+            json.dump(
+                {"version": SCAN_INDEX_VERSION, "key": key, "root": os.path.realpath(root), "unreadable": unreadable}, f
+            )
         os.replace(tmp, path)
     except OSError as exc:  # the scan stands without its index; the next start scans again
         logger.warning("could not write the scan index %s (%s); the next start scans %s again", path, exc, root)
@@ -149,8 +153,12 @@ def unreadable_files(root: str, files: Sequence[str]) -> List[str]:
                 waited = True
             time.sleep(0.2)
         except OSError as exc:  # no writable cache: scan without keeping the result
-            logger.warning("cannot keep the scan of %s in %s (%s); set MINDCV_XCEPTION_CACHE to a writable folder",
-                           root, os.path.dirname(path), exc)
+            logger.warning(
+                "cannot keep the scan of %s in %s (%s); set MINDCV_XCEPTION_CACHE to a writable folder",
+                root,
+                os.path.dirname(path),
+                exc,
+            )
             return [rel for rel in files if not _readable(os.path.join(root, rel))]
     try:
         known = _read_index(path, key)  # written while this process waited for the lock
@@ -180,16 +188,20 @@ def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     if class_names is not None and list(class_names) != classes:
         only_here = sorted(set(classes) - set(class_names))
         missing = sorted(set(class_names) - set(classes))
-        raise DataError(f"the classes of {root} differ from the training classes "
-                        f"(only here: {only_here[:5]}, missing here: {missing[:5]}); "
-                        f"give both splits the same class folders")
+        raise DataError(
+            f"the classes of {root} differ from the training classes "
+            f"(only here: {only_here[:5]}, missing here: {missing[:5]}); "
+            f"give both splits the same class folders"
+        )
     listed = []
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise DataError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
-                            f"add images or remove the folder")
+            raise DataError(
+                f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
+                f"add images or remove the folder"
+            )
         listed += [(os.path.join(name, f), label) for f in files]
     bad = set(unreadable_files(root, [rel for rel, _ in listed]))
     samples = [(os.path.join(root, rel), label) for rel, label in listed if rel not in bad]
@@ -197,9 +209,11 @@ def scan_image_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     for label, name in enumerate(classes):
         if not any(lab == label for _, lab in samples):
             files = [rel for rel, lab in listed if lab == label]
-            raise DataError(f"class folder {os.path.join(root, name)} has no readable images (all {len(files)} are "
-                            f"corrupt or not images, e.g. {os.path.basename(files[0])}); replace them or remove "
-                            f"the folder")
+            raise DataError(
+                f"class folder {os.path.join(root, name)} has no readable images (all {len(files)} are "
+                f"corrupt or not images, e.g. {os.path.basename(files[0])}); replace them or remove "
+                f"the folder"
+            )
     if unreadable:
         logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(unreadable), unreadable[0])
     return ImageFolder(root, classes, samples, unreadable)
@@ -217,12 +231,15 @@ def split_held_out(folder: ImageFolder, fraction: float, seed: int) -> Tuple[Ima
         n_val = max(1, int(round(len(items) * fraction))) if len(items) > 1 else 0
         val += [items[i] for i in sorted(order[:n_val])]
         train += [items[i] for i in sorted(order[n_val:])]
-    return (ImageFolder(folder.root, folder.class_names, train, folder.unreadable),
-            ImageFolder(folder.root, folder.class_names, val))
+    return (
+        ImageFolder(folder.root, folder.class_names, train, folder.unreadable),
+        ImageFolder(folder.root, folder.class_names, val),
+    )
 
 
-def find_splits(data_dir: str, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.1,
-                seed: int = 0) -> Tuple[ImageFolder, ImageFolder]:
+def find_splits(
+    data_dir: str, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.1, seed: int = 0
+) -> Tuple[ImageFolder, ImageFolder]:
     """The training and validation folders of ``data_dir``, checked."""
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder not found: {data_dir}; pass --data_dir pointing at your images")
@@ -238,17 +255,29 @@ def find_splits(data_dir: str, train_split: str = "train", val_split: str = "val
     return split_held_out(scan_image_folder(data_dir), val_fraction, seed)
 
 
-def find_val_split(data_dir: str, val_split: str = "val", class_names: Optional[Sequence[str]] = None,
-                   val_fraction: float = 0.1, seed: int = 0) -> ImageFolder:
+def find_val_split(
+    data_dir: str,
+    val_split: str = "val",
+    class_names: Optional[Sequence[str]] = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> ImageFolder:
     """The validation images of ``data_dir``: its val folder, else the held-out share of its classes."""
     val_dir = os.path.join(data_dir, val_split)
     if os.path.isdir(val_dir):
         return scan_image_folder(val_dir, class_names)
     train, val = find_splits(data_dir, val_split=val_split, val_fraction=val_fraction, seed=seed)
     if train.samples:  # a plain <class>/ folder: only its held-out share is scored
-        logger.warning("%s has no %s/ folder: scoring only the held-out share of each class (%d of %d images; "
-                       "val_fraction %s, seed %s), which a training run with these settings did not train on",
-                       data_dir, val_split, len(val), len(train) + len(val), val_fraction, seed)
+        logger.warning(
+            "%s has no %s/ folder: scoring only the held-out share of each class (%d of %d images; "
+            "val_fraction %s, seed %s), which a training run with these settings did not train on",
+            data_dir,
+            val_split,
+            len(val),
+            len(train) + len(val),
+            val_fraction,
+            seed,
+        )
     return val
 
 
@@ -263,8 +292,9 @@ class DecodedImages:
     (valid = 0), so it is neither scored nor counted.
     """
 
-    def __init__(self, folder: ImageFolder, indices: Sequence[int], channel_order: str = "RGB",
-                 with_valid: bool = False) -> None:
+    def __init__(
+        self, folder: ImageFolder, indices: Sequence[int], channel_order: str = "RGB", with_valid: bool = False
+    ) -> None:
         self.folder, self.indices = folder, list(indices)
         self.channel_order, self.with_valid = channel_order, with_valid
         self.failures: List[str] = []
@@ -297,8 +327,16 @@ class DecodedImages:
         return (image, label, np.float32(valid)) if self.with_valid else (image, label)
 
 
-def train_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1,
-                num_samples: Optional[int] = None, aug_repeats: int = 0) -> np.ndarray:
+def train_order(
+    n: int,
+    epoch: int,
+    seed: int,
+    shuffle: bool,
+    rank: int = 0,
+    world: int = 1,
+    num_samples: Optional[int] = None,
+    aug_repeats: int = 0,
+) -> np.ndarray:
     """This rank's sample order for ``epoch``: a slice of one (seed, epoch) permutation, equal length on all ranks.
 
     ``num_samples`` draws only that many images per epoch (mindcv's key). ``aug_repeats`` > 1 is repeated
@@ -355,20 +393,34 @@ def train_transforms(cfg) -> list:
     jitter = cfg.color_jitter
     if jitter is not None and len(jitter) == 1:
         jitter = jitter[0]  # one number: brightness, contrast and saturation alike (mindcv)
-    ops = create_transforms("imagenet", is_training=True, auto_augment=cfg.auto_augment,
-                            scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, vflip=cfg.vflip,
-                            color_jitter=jitter, re_prob=cfg.re_prob, re_scale=tuple(cfg.re_scale),
-                            re_ratio=tuple(cfg.re_ratio), re_value=_erase_value(cfg.re_value),
-                            re_max_attempts=cfg.re_max_attempts, image_resize=cfg.image_resize,
-                            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+    ops = create_transforms(
+        "imagenet",
+        is_training=True,
+        auto_augment=cfg.auto_augment,
+        scale=tuple(cfg.scale),
+        ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip,
+        vflip=cfg.vflip,
+        color_jitter=jitter,
+        re_prob=cfg.re_prob,
+        re_scale=tuple(cfg.re_scale),
+        re_ratio=tuple(cfg.re_ratio),
+        re_value=_erase_value(cfg.re_value),
+        re_max_attempts=cfg.re_max_attempts,
+        image_resize=cfg.image_resize,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
     return _without_decode(ops)
 
 
 def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]):
     import mindspore.dataset as ds
 
-    dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
-                                  num_parallel_workers=max(1, workers), python_multiprocessing=False)
+    dataset = ds.GeneratorDataset(
+        source, column_names=columns, shuffle=False, num_parallel_workers=max(1, workers), python_multiprocessing=False
+    )
     return dataset.map(operations=ops, input_columns="image", num_parallel_workers=max(1, workers))
 
 
@@ -381,8 +433,9 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
 
     # augmentation randomness, like the order, depends on (seed, epoch) only
     ds.config.set_seed(cfg.seed * 1000 + epoch)
-    order = train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world, cfg.num_samples,
-                        cfg.aug_repeats)[skip_batches * cfg.batch_size:]
+    order = train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world, cfg.num_samples, cfg.aug_repeats)[
+        skip_batches * cfg.batch_size :
+    ]
     source = DecodedImages(folder, order, channel_order="L" if cfg.in_channels == 1 else "RGB")
     dataset = _pipeline(source, train_transforms(cfg), cfg.num_parallel_workers, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
@@ -391,8 +444,14 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
 
         # mindcv's create_loader passes cutmix_prob as Mixup's overall probability (default 0: nothing
         # mixes), so Mixup is built here with the recipe's cutmix_prob.
-        mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.cutmix_prob,
-                    switch_prob=cfg.mixup_switch_prob, label_smoothing=0.0, num_classes=cfg.num_classes)
+        mix = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            prob=cfg.cutmix_prob,
+            switch_prob=cfg.mixup_switch_prob,
+            label_smoothing=0.0,
+            num_classes=cfg.num_classes,
+        )
         dataset = dataset.map(operations=mix, input_columns=["image", "label"])
     return dataset, source
 
@@ -404,8 +463,9 @@ def val_dataset(folder: ImageFolder, cfg, rank: int = 0, world: int = 1, prep: O
     ``infer.py`` runs the same ops on single images.
     """
     prep = prep or from_config(cfg)
-    source = DecodedImages(folder, val_order(len(folder), cfg.batch_size, rank, world),
-                           channel_order=prep.channel_order, with_valid=True)
+    source = DecodedImages(
+        folder, val_order(len(folder), cfg.batch_size, rank, world), channel_order=prep.channel_order, with_valid=True
+    )
     dataset = _pipeline(source, eval_transforms(prep), cfg.num_parallel_workers, ["image", "label", "valid"])
     return dataset.batch(cfg.batch_size, drop_remainder=True), source
 

@@ -6,6 +6,7 @@
 
 Each step runs the real script, as a user would type it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,7 @@ def run(epochs: int = 0, data: str = DATA, run_dir: str = RUN, per_class: int = 
     best = os.path.join(run_dir, "best.ckpt")
     _run(["validate.py", "--config", RECIPE, "--data_dir", data, "--ckpt_path", best])
     samples = sorted(glob.glob(os.path.join(data, "val", "*", "*.png")))
-    samples = samples[::max(1, len(samples) // 4)][:4]
+    samples = samples[:: max(1, len(samples) // 4)][:4]
     _run(["infer.py", "--ckpt_path", best, *samples])
     print(f"\ndemo finished in {time.time() - start:.0f} s")
     print(f"  checkpoint: {best} (and {os.path.join(run_dir, 'last.ckpt')})")

@@ -5,6 +5,7 @@
 
     python -m mindcv_xception.digits --out data/digits
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 
-def make_digits_folder(out: str, size: int = 72, val_fraction: float = 0.2, seed: int = 0,
-                       per_class: Optional[int] = None) -> Dict[str, int]:
+def make_digits_folder(
+    out: str, size: int = 72, val_fraction: float = 0.2, seed: int = 0, per_class: Optional[int] = None
+) -> Dict[str, int]:
     """Write the digits as an image folder; returns the number of images per split.
 
     The split is fixed by ``seed``: the same images land in val every time. ``per_class`` keeps only
@@ -39,7 +41,8 @@ def make_digits_folder(out: str, size: int = 72, val_fraction: float = 0.2, seed
             for i in chosen:
                 pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
                 Image.fromarray(pixels, "L").resize((size, size), Image.BILINEAR).save(
-                    os.path.join(folder, f"digit{i:04d}.png"))
+                    os.path.join(folder, f"digit{i:04d}.png")
+                )
                 counts[split] += 1
     return counts
 

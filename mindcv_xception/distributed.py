@@ -4,6 +4,7 @@ Under ``msrun`` every process calls ``setup_runtime`` with ``distribute=True``: 
 initialised (HCCL on Ascend, NCCL on GPU, MCCL on CPU) and data parallelism with mean gradients is
 switched on. ``all_reduce_sum`` adds small float arrays across ranks (CPU all-reduce takes floats only).
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,8 +78,13 @@ def supported_jit_level(device: str, requested: str) -> str:
     return chosen
 
 
-def setup_runtime(mode: int = 0, device_target: str = "auto", jit_level: str = "O1", distribute: bool = False,
-                  seed: Optional[int] = None) -> Runtime:
+def setup_runtime(
+    mode: int = 0,
+    device_target: str = "auto",
+    jit_level: str = "O1",
+    distribute: bool = False,
+    seed: Optional[int] = None,
+) -> Runtime:
     """Set MindSpore's context for this process and, under msrun, initialise data parallelism."""
     device = pick_device(device_target)
     ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
@@ -93,12 +99,13 @@ def setup_runtime(mode: int = 0, device_target: str = "auto", jit_level: str = "
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             why = first if "MS_ROLE" in os.environ else "this process was not started by msrun (MS_ROLE is not set)"
-            raise DistributedError(f"distribute=True needs the processes started by msrun "
-                                   f"(msrun --worker_num N python train.py ...): {why}") from None
+            raise DistributedError(
+                f"distribute=True needs the processes started by msrun "
+                f"(msrun --worker_num N python train.py ...): {why}"
+            ) from None
         rank, world = get_rank(), get_group_size()
         ms.reset_auto_parallel_context()
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                     device_num=world)
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world)
     if seed is not None:
         ms.set_seed(seed)  # the same seed on every rank: identical initial weights
     return Runtime(device, level, rank, world)

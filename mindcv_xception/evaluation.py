@@ -3,6 +3,7 @@
 Each rank evaluates its own slice of the images (every image on exactly one rank); batches are padded
 to one shape and the padding masked out, then the sums are added across ranks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,15 +61,17 @@ class Evaluator:
     ONNX Runtime), whose loss and top-k are then computed in numpy.
     """
 
-    def __init__(self, network: Union[nn.Cell, Callable[[np.ndarray], np.ndarray]], num_classes: int,
-                 runtime: Runtime) -> None:
+    def __init__(
+        self, network: Union[nn.Cell, Callable[[np.ndarray], np.ndarray]], num_classes: int, runtime: Runtime
+    ) -> None:
         self.network, self.runtime = network, runtime
         self.top_k = min(5, num_classes)
         if isinstance(network, nn.Cell):
             self.step = EvalStep(network, top_k=self.top_k)
         else:
             self.step = lambda images, labels, valid: batch_sums(
-                network(images.asnumpy()), labels.asnumpy(), valid.asnumpy().astype(np.float64), self.top_k)
+                network(images.asnumpy()), labels.asnumpy(), valid.asnumpy().astype(np.float64), self.top_k
+            )
 
     def run(self, folder, cfg, prep: Optional[Preprocessing] = None, keep_logits: bool = False) -> Dict[str, object]:
         """top1, top5, loss, num_images and images_per_s over ``folder``.
@@ -85,8 +88,14 @@ class Evaluator:
         kept = []
         start = time.time()
         # a progress bar in images (padding included) and images/s, on rank 0 and a terminal only (not in logs)
-        with tqdm(total=dataset.get_dataset_size(), desc="validation", unit="img", unit_scale=cfg.batch_size,
-                  file=sys.stderr, disable=not (self.runtime.is_main and sys.stderr.isatty())) as bar:
+        with tqdm(
+            total=dataset.get_dataset_size(),
+            desc="validation",
+            unit="img",
+            unit_scale=cfg.batch_size,
+            file=sys.stderr,
+            disable=not (self.runtime.is_main and sys.stderr.isatty()),
+        ) as bar:
             for images, labels, valid in dataset.create_tuple_iterator(num_epochs=1):
                 *sums, logits = self.step(images, labels, valid)
                 totals += np.array([float(_numpy(v)) for v in sums])
@@ -96,13 +105,19 @@ class Evaluator:
         elapsed = time.time() - start
         totals = all_reduce_sum(totals, self.runtime)
         if source.failures:
-            logger.warning("validation: %d unreadable image(s) skipped (not scored, not counted), e.g. %s",
-                           len(source.failures),
-                           source.failures[0])
+            logger.warning(
+                "validation: %d unreadable image(s) skipped (not scored, not counted), e.g. %s",
+                len(source.failures),
+                source.failures[0],
+            )
         n = max(totals[3], 1.0)
         result: Dict[str, object] = {
-            "top1": float(totals[1] / n), "top5": float(totals[2] / n), "loss": float(totals[0] / n),
-            "num_images": int(totals[3]), "images_per_s": float(totals[3] / max(elapsed, 1e-9))}
+            "top1": float(totals[1] / n),
+            "top5": float(totals[2] / n),
+            "loss": float(totals[0] / n),
+            "num_images": int(totals[3]),
+            "images_per_s": float(totals[3] / max(elapsed, 1e-9)),
+        }
         if keep_logits:
             result["logits"] = np.concatenate(kept) if kept else np.zeros((0, 0), np.float32)
         return result

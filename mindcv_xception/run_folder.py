@@ -5,6 +5,7 @@ is refused while that process lives, and a lock left by a crashed (dead) process
 warning. ``claim_for_new_run`` refuses a fresh run (no ``--resume``) in a folder that holds another
 run's checkpoints unless ``--overwrite True`` says to delete them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -60,7 +61,8 @@ class RunLock:
                 if pid is None or (pid != os.getpid() and pid_alive(pid)):
                     raise RunFolderError(
                         f"{self.run_dir} is in use by another run (pid {pid if pid else '?'}, lock file "
-                        f"{self.path}); wait for it to end or choose another --ckpt_save_dir") from None
+                        f"{self.path}); wait for it to end or choose another --ckpt_save_dir"
+                    ) from None
                 if _read_pid(self.path) == pid:  # still the dead process's lock: take it over
                     logger.warning("%s: taking over the lock of pid %d, which is no longer running", self.run_dir, pid)
                     os.remove(self.path)
@@ -102,10 +104,12 @@ def claim_for_new_run(run_dir: str, checkpoints: List[str], overwrite: bool) -> 
     if not overwrite:
         raise RunFolderError(
             f"{run_dir} holds the checkpoints of another run ({os.path.basename(checkpoints[-1])}, ...); "
-            f"continue it with --resume, choose another --ckpt_save_dir, or pass --overwrite True to delete them")
+            f"continue it with --resume, choose another --ckpt_save_dir, or pass --overwrite True to delete them"
+        )
     doomed = list(checkpoints) + [os.path.join(run_dir, name) for name in RUN_FILES]
     for path in doomed:
         if os.path.lexists(path):
             os.remove(path)
-    logger.warning("%s: deleted the previous run's %d checkpoint(s) and metrics (--overwrite True)", run_dir,
-                   len(checkpoints))
+    logger.warning(
+        "%s: deleted the previous run's %d checkpoint(s) and metrics (--overwrite True)", run_dir, len(checkpoints)
+    )

@@ -14,6 +14,7 @@ Formats (the publishers' binary versions):
 - MNIST: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte`` (optionally gzipped), big-endian IDX files.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -40,9 +41,11 @@ def _source_dir(name: str, data_dir: str, marker: str) -> str:
     for candidate in (data_dir, os.path.join(data_dir, _CIFAR_FOLDERS.get(name, ""))):
         if os.path.exists(os.path.join(candidate, marker)) or os.path.exists(os.path.join(candidate, marker + ".gz")):
             return candidate
-    raise DatasetFormatError(f"{data_dir} does not hold {name} ({marker} not found there"
-                             f"{' or in ' + _CIFAR_FOLDERS[name] if name in _CIFAR_FOLDERS else ''}); "
-                             f"unpack the publisher's binary version into data_dir (nothing is downloaded here)")
+    raise DatasetFormatError(
+        f"{data_dir} does not hold {name} ({marker} not found there"
+        f"{' or in ' + _CIFAR_FOLDERS[name] if name in _CIFAR_FOLDERS else ''}); "
+        f"unpack the publisher's binary version into data_dir (nothing is downloaded here)"
+    )
 
 
 def _read(path: str) -> bytes:
@@ -78,7 +81,7 @@ def _idx(path: str, dims: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     if magic != 0x800 + dims:
         raise DatasetFormatError(f"{path} is not an IDX file of {dims} dimension(s) (magic {magic:#x})")
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
     if data.size != int(np.prod(shape)):
         raise DatasetFormatError(f"{path} is truncated ({data.size} values for shape {shape})")
@@ -91,20 +94,31 @@ def read_standard_dataset(name: str, data_dir: str) -> Dict[str, object]:
         src = _source_dir(name, data_dir, "data_batch_1.bin")
         parts = [_cifar_records(os.path.join(src, f"data_batch_{i}.bin"), 1) for i in range(1, 6)]
         train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        return {"train": train, "val": _cifar_records(os.path.join(src, "test_batch.bin"), 1),
-                "classes": _names(os.path.join(src, "batches.meta.txt"), 10)}
+        return {
+            "train": train,
+            "val": _cifar_records(os.path.join(src, "test_batch.bin"), 1),
+            "classes": _names(os.path.join(src, "batches.meta.txt"), 10),
+        }
     if name == "cifar100":
         src = _source_dir(name, data_dir, "train.bin")
-        return {"train": _cifar_records(os.path.join(src, "train.bin"), 2),
-                "val": _cifar_records(os.path.join(src, "test.bin"), 2),
-                "classes": _names(os.path.join(src, "fine_label_names.txt"), 100)}
+        return {
+            "train": _cifar_records(os.path.join(src, "train.bin"), 2),
+            "val": _cifar_records(os.path.join(src, "test.bin"), 2),
+            "classes": _names(os.path.join(src, "fine_label_names.txt"), 100),
+        }
     if name == "mnist":
         src = _source_dir(name, data_dir, "train-images-idx3-ubyte")
-        return {"train": (_idx(os.path.join(src, "train-images-idx3-ubyte"), 3),
-                          _idx(os.path.join(src, "train-labels-idx1-ubyte"), 1).astype(np.int64)),
-                "val": (_idx(os.path.join(src, "t10k-images-idx3-ubyte"), 3),
-                        _idx(os.path.join(src, "t10k-labels-idx1-ubyte"), 1).astype(np.int64)),
-                "classes": [str(i) for i in range(10)]}
+        return {
+            "train": (
+                _idx(os.path.join(src, "train-images-idx3-ubyte"), 3),
+                _idx(os.path.join(src, "train-labels-idx1-ubyte"), 1).astype(np.int64),
+            ),
+            "val": (
+                _idx(os.path.join(src, "t10k-images-idx3-ubyte"), 3),
+                _idx(os.path.join(src, "t10k-labels-idx1-ubyte"), 1).astype(np.int64),
+            ),
+            "classes": [str(i) for i in range(10)],
+        }
     raise DatasetFormatError(f"unknown standard data set {name!r}; choose from {', '.join(STANDARD_DATASETS)}")
 
 
@@ -113,7 +127,9 @@ def _fingerprint(data_dir: str) -> str:
     for root, _, files in sorted(os.walk(data_dir)):
         for f in sorted(files):
             stat = os.stat(os.path.join(root, f))
-            digest.update(f"{os.path.relpath(os.path.join(root, f), data_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(
+                f"{os.path.relpath(os.path.join(root, f), data_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            )
     return digest.hexdigest()[:16]
 
 
@@ -149,8 +165,14 @@ def image_folder_of(name: str, data_dir: str) -> str:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("%s in %s written as an image folder: %s (%d train, %d val images)", name, data_dir, out,
-                len(arrays["train"][1]), len(arrays["val"][1]))
+    logger.info(
+        "%s in %s written as an image folder: %s (%d train, %d val images)",
+        name,
+        data_dir,
+        out,
+        len(arrays["train"][1]),
+        len(arrays["val"][1]),
+    )
     return out
 
 

@@ -3,6 +3,7 @@
 The handler only records the signal; the training loop checks ``StopRequest.signum`` after each
 step, writes a checkpoint of exactly where it is and ends with exit code 128 + signal.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
-            logger.warning("received %s: stopping after the current step (a checkpoint will be written)",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "received %s: stopping after the current step (a checkpoint will be written)",
+                signal.Signals(signum).name,
+            )
         self.signum = signum
 
     def __enter__(self) -> "StopRequest":

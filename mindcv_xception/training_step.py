@@ -15,15 +15,16 @@ and every parameter keeps its name and its float32 storage (checkpoints stay flo
 
 Whatever the level, the logits are cast to float32 before the loss (``LossInFloat32``).
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Tuple, Union
 
 import mindspore as ms
+from mindcv.utils.train_step import TrainStep as MindcvTrainStep
 from mindspore import Tensor, nn, ops
 from mindspore.ops import functional as F
-from mindcv.utils.train_step import TrainStep as MindcvTrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ class TrainStep(MindcvTrainStep):
         return flags > 0
 
 
-def loss_scale_sense(loss_scale_type: str, loss_scale: float,
-                     drop_overflow_update: bool) -> Union[Tensor, nn.Cell]:
+def loss_scale_sense(loss_scale_type: str, loss_scale: float, drop_overflow_update: bool) -> Union[Tensor, nn.Cell]:
     """What the train step scales the loss by: a constant, or an update cell that also skips overflowed steps.
 
     mindcv's rule: ``fixed`` without ``drop_overflow_update`` is a constant; ``fixed`` with it skips
@@ -112,8 +112,10 @@ def loss_scale_sense(loss_scale_type: str, loss_scale: float,
         raise ValueError(f"loss_scale must be at least 1, got {loss_scale}")
     if loss_scale_type == "dynamic":
         if not drop_overflow_update:
-            logger.info("loss_scale_type dynamic always skips the update of an overflowed step "
-                        "(drop_overflow_update is implied; mindcv refuses the combination)")
+            logger.info(
+                "loss_scale_type dynamic always skips the update of an overflowed step "
+                "(drop_overflow_update is implied; mindcv refuses the combination)"
+            )
         return nn.DynamicLossScaleUpdateCell(loss_scale_value=loss_scale, scale_factor=2, scale_window=2000)
     if loss_scale_type != "fixed":
         raise ValueError(f"loss_scale_type must be fixed or dynamic, got {loss_scale_type!r}")
@@ -132,14 +134,26 @@ def build_train_step(cfg, net: nn.Cell, lr_schedule) -> Tuple[nn.Optimizer, nn.C
     from mindcv.loss import create_loss
     from mindcv.optim import create_optimizer
 
-    optimizer = create_optimizer(net.trainable_params(), opt=cfg.opt, lr=lr_schedule, weight_decay=cfg.weight_decay,
-                                 momentum=cfg.momentum, nesterov=cfg.use_nesterov,
-                                 weight_decay_filter=cfg.weight_decay_filter, eps=cfg.eps,
-                                 loss_scale=1.0)  # the train step divides the loss scale out (module docstring)
+    optimizer = create_optimizer(
+        net.trainable_params(),
+        opt=cfg.opt,
+        lr=lr_schedule,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        nesterov=cfg.use_nesterov,
+        weight_decay_filter=cfg.weight_decay_filter,
+        eps=cfg.eps,
+        loss_scale=1.0,
+    )  # the train step divides the loss scale out (module docstring)
     loss = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction)
-    step = TrainStep(LossInFloat32(net, loss), optimizer,
-                     scale_sense=loss_scale_sense(cfg.loss_scale_type, cfg.loss_scale,
-                                                  cfg.drop_overflow_update),
-                     ema=cfg.ema, ema_decay=cfg.ema_decay, clip_grad=cfg.clip_grad, clip_value=cfg.clip_value,
-                     gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    step = TrainStep(
+        LossInFloat32(net, loss),
+        optimizer,
+        scale_sense=loss_scale_sense(cfg.loss_scale_type, cfg.loss_scale, cfg.drop_overflow_update),
+        ema=cfg.ema,
+        ema_decay=cfg.ema_decay,
+        clip_grad=cfg.clip_grad,
+        clip_value=cfg.clip_value,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+    )
     return optimizer, step

@@ -5,6 +5,7 @@ Keras checkpoints and MindCV checkpoints. Images are preprocessed as the checkpo
 (``preprocessing``); flags given on the command line override the record and are logged. Under msrun
 every image is counted exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,20 +13,25 @@ import logging
 from typing import Dict, Optional, Sequence
 
 from . import jsonout
-from .bn_folding import inference_network
+from .backends import BACKENDS, choose_backend, predictor
 from .config import Config, ConfigError, Option, parse_config
 from .data import find_val_split
 from .distributed import setup_runtime
 from .evaluation import Evaluator
-from .backends import BACKENDS, choose_backend, predictor
-from .loading import (META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params,
-                      read_checkpoint)
+from .loading import META_KEY, checkpoint_meta, classifier_classes, load_weights, network_params, read_checkpoint
 from .preprocessing import CONFIG_KEYS, PREPROCESSING_KEY, Preprocessing, from_config, resolve
 
 logger = logging.getLogger(__name__)
-VALIDATE_OPTIONS = [Option("json", "bool", False, "print one JSON object instead of text"),
-                    Option("backend", "str", "auto", "auto: ONNX Runtime on CPU when installed (the checkpoint "
-                           "exported once, cached), else MindSpore", BACKENDS)]
+VALIDATE_OPTIONS = [
+    Option("json", "bool", False, "print one JSON object instead of text"),
+    Option(
+        "backend",
+        "str",
+        "auto",
+        "auto: ONNX Runtime on CPU when installed (the checkpoint exported once, cached), else MindSpore",
+        BACKENDS,
+    ),
+]
 
 
 def _settings_from_checkpoint(cfg: Config, meta: Dict[str, object], params) -> None:
@@ -51,11 +57,17 @@ def checkpoint_preprocessing(cfg: Config, meta: Dict[str, object]) -> Preprocess
     recipe = from_config(cfg)
     prep = resolve(meta, overrides, recipe, cfg.ckpt_path, "the recipe's settings and flags")
     if PREPROCESSING_KEY in meta and cfg.get("config"):
-        ignored = [key for key in CONFIG_KEYS
-                   if key not in explicit and getattr(prep, CONFIG_KEYS[key]) != getattr(recipe, CONFIG_KEYS[key])]
+        ignored = [
+            key
+            for key in CONFIG_KEYS
+            if key not in explicit and getattr(prep, CONFIG_KEYS[key]) != getattr(recipe, CONFIG_KEYS[key])
+        ]
         if ignored:
-            logger.info("The recipe's %s not used: %s records its preprocessing (flags override it)",
-                        ", ".join(ignored) + (" is" if len(ignored) == 1 else " are"), cfg.ckpt_path)
+            logger.info(
+                "The recipe's %s not used: %s records its preprocessing (flags override it)",
+                ", ".join(ignored) + (" is" if len(ignored) == 1 else " are"),
+                cfg.ckpt_path,
+            )
     return prep
 
 
@@ -80,18 +92,22 @@ def validate(cfg: Config, keep_logits: bool = False) -> Dict[str, object]:
 
     folder = find_val_split(data_root(cfg), cfg.val_split, meta.get("class_names"), cfg.val_fraction, cfg.seed)
     if cfg.num_classes != len(folder.class_names) and not (cfg.num_classes == 1000 and not meta.get("class_names")):
-        raise ConfigError(f"the checkpoint has {cfg.num_classes} classes but {folder.root} has "
-                          f"{len(folder.class_names)} class folders; validate on the data it was trained for")
+        raise ConfigError(
+            f"the checkpoint has {cfg.num_classes} classes but {folder.root} has "
+            f"{len(folder.class_names)} class folders; validate on the data it was trained for"
+        )
     extra = {"bn_eps": float(meta["bn_eps"])} if "bn_eps" in meta else {}
-    net = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                       middle_depth=cfg.middle_depth, **extra)
+    net = create_model(
+        cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels, middle_depth=cfg.middle_depth, **extra
+    )
     load_weights(net, network_params(params, use_ema=cfg.use_ema_weights), source=cfg.ckpt_path)
     prep = checkpoint_preprocessing(cfg, meta)
     backend = choose_backend(cfg.backend, runtime.device)
     if backend == "onnxruntime" and cfg.val_amp_level != "O0":
         if cfg.backend == "onnxruntime":
-            raise ConfigError(f"--val_amp_level {cfg.val_amp_level} runs on MindSpore only; "
-                              f"drop it or use --backend mindspore")
+            raise ConfigError(
+                f"--val_amp_level {cfg.val_amp_level} runs on MindSpore only; drop it or use --backend mindspore"
+            )
         backend = "mindspore"
     if backend == "onnxruntime":
         net = predictor(net, cfg.ckpt_path, prep, backend, cfg.batch_size, {"use_ema": cfg.use_ema_weights})
@@ -131,8 +147,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cfg.json:
             print(jsonout.dumps({k: v for k, v in result.items() if k != "rank"}))
         else:
-            print(f"acc@top1 {100 * result['top1']:.2f}%  acc@top5 {100 * result['top5']:.2f}%  "
-                  f"loss {result['loss']:.4f}  images {result['num_images']}  {result['images_per_s']:.1f} img/s")
+            print(
+                f"acc@top1 {100 * result['top1']:.2f}%  acc@top5 {100 * result['top5']:.2f}%  "
+                f"loss {result['loss']:.4f}  images {result['num_images']}  {result['images_per_s']:.1f} img/s"
+            )
         return 0
 
     return run_cli(run)

@@ -12,6 +12,7 @@ directory (``$MINDCV_XCEPTION_CACHE``, default ``~/.cache/mindcv_xception``) for
 checks the Keras file's md5 (``md5`` / ``md5_notop``), converts it and caches the checkpoint.
 1000 classes take the file with the top; any other count takes the no-top file and keeps a new head.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,15 @@ def _copy_with_progress(response, out, name: str) -> int:
 
     size = int(response.headers.get("Content-Length") or 0) or None
     copied = 0
-    with tqdm(total=size, desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              disable=not sys.stderr.isatty()) as bar:
+    with tqdm(
+        total=size,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
         for chunk in iter(lambda: response.read(1 << 20), b""):
             out.write(chunk)
             bar.update(len(chunk))
@@ -80,16 +88,24 @@ def download(url: str, dst: str, md5: Optional[str] = None) -> str:
             with urllib.request.urlopen(opened, timeout=60) as response, open(tmp, "wb") as out:
                 copied = _copy_with_progress(response, out, os.path.basename(dst))
         except (OSError, ValueError) as exc:  # URLError is an OSError
-            raise PretrainedError(f"could not download {url}: {getattr(exc, 'reason', exc)}; on an offline machine "
-                                  f"put {os.path.basename(dst)} in {folder} (set {CACHE_ENV})") from None
+            raise PretrainedError(
+                f"could not download {url}: {getattr(exc, 'reason', exc)}; on an offline machine "
+                f"put {os.path.basename(dst)} in {folder} (set {CACHE_ENV})"
+            ) from None
         if md5 is not None:
             got = file_md5(tmp)
             if got != md5:
-                raise PretrainedError(f"{url} has md5 {got}, expected {md5}: a corrupt or wrong download; "
-                                      f"nothing was kept, try again")
+                raise PretrainedError(
+                    f"{url} has md5 {got}, expected {md5}: a corrupt or wrong download; nothing was kept, try again"
+                )
     seconds = max(time.monotonic() - start, 1e-6)
-    logger.info("Downloaded %s: %.1f MB in %.1f s (%.1f MB/s)", os.path.basename(dst), copied / 1e6, seconds,
-                copied / 1e6 / seconds)
+    logger.info(
+        "Downloaded %s: %.1f MB in %.1f s (%.1f MB/s)",
+        os.path.basename(dst),
+        copied / 1e6,
+        seconds,
+        copied / 1e6 / seconds,
+    )
     return dst
 
 
@@ -120,8 +136,9 @@ def pretrained_checkpoint(name: str, cfg: Mapping[str, Any], top: bool = True) -
     return ckpt
 
 
-def load_pretrained(model: nn.Cell, name: str, cfg: Mapping[str, Any], num_classes: int = 1000,
-                    in_channels: int = 3) -> None:
+def load_pretrained(
+    model: nn.Cell, name: str, cfg: Mapping[str, Any], num_classes: int = 1000, in_channels: int = 3
+) -> None:
     """Load the official Keras ImageNet weights into ``model`` (strictly); a new head for other class counts.
 
     ``cfg``: the model's metadata record, with the weights' addresses (see ``pretrained_checkpoint``).

@@ -2,6 +2,7 @@
 
 Helper functions shared by the tests are in helpers.py.
 """
+
 import os
 import subprocess
 import sys
@@ -20,7 +21,6 @@ ms.set_device("CPU")  # as setup_runtime does, so in-process validate() may set 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Exports and converted weights go to a per-session cache, never the user's (subprocesses inherit it)."""
-    import os
 
     from mindcv_xception.weights import CACHE_ENV
 
@@ -47,9 +47,6 @@ def digits_dir(tmp_path_factory):
 def keras_reference(tmp_path_factory):
     """Keras 3 reference files and outputs (see tests/keras_reference.py), built once per session in a
     subprocess (JAX backend, random weights, no download). Inputs: real photos through our preprocessing."""
-    import os
-    import subprocess
-    import sys
 
     from dataclasses import replace
 
@@ -57,10 +54,12 @@ def keras_reference(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("keras")
     photos = sample_photos()
-    np.savez(out / "inputs.npz",
-             x299=np.stack([preprocess(p, KERAS) for p in photos[:2]]),
-             x224=np.stack([preprocess(p, replace(KERAS, image_size=224)) for p in photos[1:]]),
-             x96=np.stack([preprocess(p, replace(KERAS, image_size=96)) for p in photos[:2]]))
+    np.savez(
+        out / "inputs.npz",
+        x299=np.stack([preprocess(p, KERAS) for p in photos[:2]]),
+        x224=np.stack([preprocess(p, replace(KERAS, image_size=224)) for p in photos[1:]]),
+        x96=np.stack([preprocess(p, replace(KERAS, image_size=96)) for p in photos[:2]]),
+    )
     script = os.path.join(os.path.dirname(__file__), "keras_reference.py")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, script, str(out)], env=env, capture_output=True, text=True)

@@ -2,6 +2,7 @@
 
 Fixtures and the test set-up (MindSpore context, seeds) live in conftest.py; tests import these.
 """
+
 import json
 import os
 import subprocess
@@ -17,8 +18,18 @@ from mindcv_xception.loading import EMA_PREFIX, META_KEY
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_RECIPE = os.path.join(REPO, "configs", "xception", "xception_cpu.yaml")
 # a quick version of the CPU recipe: a shallow middle flow, small batches, one loader thread
-QUICK = ["--middle_depth", "1", "--batch_size", "8", "--lr_base_batch_size", "32", "--num_parallel_workers", "1",
-         "--log_interval", "5"]
+QUICK = [
+    "--middle_depth",
+    "1",
+    "--batch_size",
+    "8",
+    "--lr_base_batch_size",
+    "32",
+    "--num_parallel_workers",
+    "1",
+    "--log_interval",
+    "5",
+]
 
 
 def images(batch: int, size: int, channels: int = 3, seed: int = 0) -> ms.Tensor:
@@ -78,8 +89,9 @@ def script_env(env=None):
 
 def run_script(args, timeout=900, env=None):
     """Run a repo script (or module) with this interpreter; returns (returncode, stdout, stderr) without noise."""
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=script_env(env))
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=script_env(env)
+    )
     return proc.returncode, strip_noise(proc.stdout), strip_noise(proc.stderr)
 
 
@@ -115,14 +127,26 @@ def small_net(num_classes: int, seed: int = 0):
     return randomise_bn_statistics(create_model("xception_small", num_classes=num_classes), seed)
 
 
-def save_small(path: str, num_classes: int, class_names: Optional[Sequence[str]] = None, meta: bool = True,
-               ema_of=None) -> str:
+def save_small(
+    path: str, num_classes: int, class_names: Optional[Sequence[str]] = None, meta: bool = True, ema_of=None
+) -> str:
     """Save ``small_net(num_classes)`` with our metadata record (and an EMA copy from ``ema_of``)."""
     net = small_net(num_classes)
     entries = [{"name": p.name, "data": p} for p in net.get_parameters()]
     if ema_of is not None:
         entries += [{"name": EMA_PREFIX + p.name, "data": p} for p in ema_of.get_parameters()]
-    extra = {META_KEY: json.dumps({"model": "xception_small", "num_classes": num_classes,
-                                   "class_names": list(class_names) if class_names else None})} if meta else None
+    extra = (
+        {
+            META_KEY: json.dumps(
+                {
+                    "model": "xception_small",
+                    "num_classes": num_classes,
+                    "class_names": list(class_names) if class_names else None,
+                }
+            )
+        }
+        if meta
+        else None
+    )
     ms.save_checkpoint(entries, path, append_dict=extra)
     return path

@@ -13,6 +13,7 @@ Reads OUT_DIR/inputs.npz (``x299``, ``x224``, ``x96``: NCHW images in [-1, 1]) a
 * reference.npz: ``logits`` (top model at 299), ``features`` (no-top, pooling='avg', at 224),
   ``ten_logits`` (10-class model at 96), ``nested_logits`` (the nested model at 96).
 """
+
 import os
 import sys
 
@@ -46,8 +47,9 @@ def randomize(model, x, rng, head=()):
     model(x, training=True)
     for layer in norms:
         layer.momentum = 0.99
-        gamma, mean, variance = (np.asarray(w.numpy()).copy() for w in
-                                 (layer.gamma, layer.moving_mean, layer.moving_variance))
+        gamma, mean, variance = (
+            np.asarray(w.numpy()).copy() for w in (layer.gamma, layer.moving_mean, layer.moving_variance)
+        )
         mean += rng.normal(0, 0.1, mean.shape) * np.sqrt(variance)
         variance *= rng.uniform(0.8, 1.25, variance.shape)
         small = rng.choice(variance.shape[0], size=max(2, variance.shape[0] // 64), replace=False)
@@ -63,8 +65,11 @@ def official_names(model):
     names, convs, bns = {}, 0, 0
     for layer in model.layers:
         name = layer.name
-        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.SeparableConv2D) \
-                and not name.startswith("block"):
+        if (
+            isinstance(layer, keras.layers.Conv2D)
+            and not isinstance(layer, keras.layers.SeparableConv2D)
+            and not name.startswith("block")
+        ):
             convs += 1
             name = f"conv2d_{convs}"
         elif isinstance(layer, keras.layers.BatchNormalization) and not name.startswith("block"):
@@ -125,8 +130,13 @@ def main(out):
     nested.save_weights(os.path.join(out, "nested.weights.h5"))
     nested.save(os.path.join(out, "nested.h5"))
     nested_logits = np.asarray(nested(nhwc(inputs["x96"]), training=False))
-    np.savez(os.path.join(out, "reference.npz"), logits=logits, features=features, ten_logits=ten_logits,
-             nested_logits=nested_logits)
+    np.savez(
+        os.path.join(out, "reference.npz"),
+        logits=logits,
+        features=features,
+        ten_logits=ten_logits,
+        nested_logits=nested_logits,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Files written whole or not at all (atomic.py), and every writer of the package going through it."""
+
 import os
 
 import mindspore as ms

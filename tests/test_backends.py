@@ -1,4 +1,5 @@
 """Inference backends: ONNX Runtime on the cached export gives MindSpore's logits; the cache is keyed and healed."""
+
 import json
 import logging
 import os
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 
 import mindcv_xception.backends as backends
-from helpers import sample_photos
-from helpers import save_small
+from helpers import sample_photos, save_small
 from mindcv_xception.backends import BackendError, choose_backend, onnx_cache_path, predictor
 from mindcv_xception.inference import checkpoint_preprocessing, image_logits, load_for_inference, main
 from mindcv_xception.preprocessing import preprocess
@@ -111,8 +111,9 @@ def test_infer_names_its_backend_and_both_give_the_same_probabilities(small, pho
         probs[backend] = {(r["image"], e["index"]): e["probability"] for r in results for e in r["top"]}
     assert probs["onnxruntime"].keys() == probs["mindspore"].keys()
     keys = list(probs["mindspore"])
-    np.testing.assert_allclose([probs["onnxruntime"][k] for k in keys], [probs["mindspore"][k] for k in keys],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [probs["onnxruntime"][k] for k in keys], [probs["mindspore"][k] for k in keys], atol=1e-5
+    )
 
 
 def test_auto_runs_mindspore_when_the_export_cannot_be_kept(small, tmp_path, monkeypatch):

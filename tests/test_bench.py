@@ -1,4 +1,5 @@
 """The benchmark's anchors: the PyTorch Xception is ours layer for layer; the ImageNet-like JPEG folder."""
+
 import os
 import sys
 
@@ -10,11 +11,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 def test_the_pytorch_xception_has_our_parameter_counts_and_stage_shapes():
     torch = pytest.importorskip("torch")
-    from mindcv.models import create_model
-    from torch_xception import TorchXception, keras_style_count
-
     import mindspore as ms
     import numpy as np
+    from mindcv.models import create_model
+    from torch_xception import TorchXception, keras_style_count
 
     theirs, ours = TorchXception(), create_model("xception", num_classes=1000)
     assert keras_style_count(theirs) == 22_910_480 == sum(p.size for p in ours.get_parameters())
@@ -42,7 +42,9 @@ def test_imagenet_like_folder_is_500_by_375_jpegs_in_class_folders_and_reproduci
     make_imagenet_like(str(tmp_path / "a"), images=12, classes=3)
     make_imagenet_like(str(tmp_path / "b"), images=12, classes=3)
     classes = sorted(os.listdir(tmp_path / "a" / "train"))
-    files = [tmp_path / "a" / "train" / c / f for c in classes for f in sorted(os.listdir(tmp_path / "a" / "train" / c))]
+    files = [
+        tmp_path / "a" / "train" / c / f for c in classes for f in sorted(os.listdir(tmp_path / "a" / "train" / c))
+    ]
     assert len(classes) == 3 and len(files) == 12
     for path in files:
         with Image.open(path) as image:
@@ -59,9 +61,26 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
 
     pytest.importorskip("onnxruntime")
     networks = "onnxruntime,torch" if _installed("torch") else "onnxruntime"
-    code, out, err = run_script(["benchmarks/bench.py", "--cases", "infer_71_b1", "--rounds", "1", "--networks", networks,
-                                 "--pipeline", "--pipeline-images", "64", "--pipeline-batches", "1",
-                                 "--pipeline-dir", str(tmp_path / "jpegs"), "--json"], timeout=600)
+    code, out, err = run_script(
+        [
+            "benchmarks/bench.py",
+            "--cases",
+            "infer_71_b1",
+            "--rounds",
+            "1",
+            "--networks",
+            networks,
+            "--pipeline",
+            "--pipeline-images",
+            "64",
+            "--pipeline-batches",
+            "1",
+            "--pipeline-dir",
+            str(tmp_path / "jpegs"),
+            "--json",
+        ],
+        timeout=600,
+    )
     assert code == 0, err[-2000:]
     report = json.loads(out.strip().splitlines()[-1])
     env = report["environment"]

@@ -3,6 +3,7 @@
 Exactness is "within 1e-5 of the output's largest magnitude" (GRAPH mode, random BatchNorm
 statistics, gammas and betas, so that folding them is really tested).
 """
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -27,8 +28,10 @@ def test_fold_batch_norm_gives_the_eval_mode_batch_norm_of_the_conv():
     assert_close(folded.asnumpy(), bn(conv(x)).asnumpy())
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_classes=10), dict(num_classes=0, global_pool="max"),
-                                    dict(features_only=True, out_indices=(1, 4))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_classes=10), dict(num_classes=0, global_pool="max"), dict(features_only=True, out_indices=(1, 4))],
+)
 def test_inference_network_equals_eval_network_with_random_batch_norms(kwargs):
     net = create_model("xception_small", **kwargs)
     randomise_batch_norms(net)
@@ -86,5 +89,7 @@ def test_inference_network_follows_a_reset_classifier():
 def test_inference_network_refuses_other_networks():
     with pytest.raises(TypeError, match="Xception"):
         inference_network(nn.Dense(2, 2))
-    assert isinstance(inference_network(Xception(widths=create_model("xception_small").init_kwargs["widths"],
-                                                 num_classes=2)), Xception)
+    assert isinstance(
+        inference_network(Xception(widths=create_model("xception_small").init_kwargs["widths"], num_classes=2)),
+        Xception,
+    )

@@ -1,4 +1,5 @@
 """Recipe configuration: YAML defaults, command-line overrides, checked keys and values."""
+
 import os
 
 import pytest
@@ -41,8 +42,9 @@ def test_yaml_values_are_type_checked(tmp_path):
         parse_config(["--config", recipe(tmp_path, model="resnet50")])
 
 
-@pytest.mark.parametrize("text,value",
-                         [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)])
+@pytest.mark.parametrize(
+    "text,value", [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)]
+)
 def test_bool_flags_parse_words(text, value):
     assert parse_config(["--ema", text]).ema is value
 
@@ -95,37 +97,43 @@ def test_jit_level_o2_falls_back_to_o1_off_ascend(caplog):
     assert supported_jit_level("GPU", "O0") == "O0"
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("lr", "-0.1", r"lr in the command line must be in \[0, inf\), got -0.1"),
-    ("lr", "nan", "lr in the command line must be a finite number"),
-    ("lr", "inf", "lr in the command line must be a finite number"),
-    ("gradient_accumulation_steps", "0", r"gradient_accumulation_steps .* must be in \[1, inf\), got 0"),
-    ("epoch_size", "0", r"epoch_size .* must be in \[1, inf\), got 0"),
-    ("val_interval", "0", r"val_interval .* must be in \[1, inf\)"),
-    ("crop_pct", "0", r"crop_pct .* must be in \(0, 1\], got 0.0"),
-    ("crop_pct", "1.5", r"crop_pct .* must be in \(0, 1\]"),
-    ("log_interval", "0", r"log_interval .* must be in \[1, inf\)"),
-    ("batch_size", "0", r"batch_size .* must be in \[1, inf\), got 0"),
-    ("batch_size", "-8", r"batch_size .* must be in \[1, inf\), got -8"),
-    ("image_resize", "70", r"image_resize .* must be in \[71, inf\), got 70"),
-    ("hflip", "1.5", r"hflip .* must be in \[0, 1\]"),
-    ("drop_rate", "1", r"drop_rate .* must be in \[0, 1\)"),
-    ("keep_checkpoint_max", "0", r"keep_checkpoint_max .* must be in \[1, inf\)"),
-    ("max_nonfinite_steps", "0", r"max_nonfinite_steps .* must be in \[1, inf\)"),
-    ("ema_decay", "1.1", r"ema_decay .* must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("lr", "-0.1", r"lr in the command line must be in \[0, inf\), got -0.1"),
+        ("lr", "nan", "lr in the command line must be a finite number"),
+        ("lr", "inf", "lr in the command line must be a finite number"),
+        ("gradient_accumulation_steps", "0", r"gradient_accumulation_steps .* must be in \[1, inf\), got 0"),
+        ("epoch_size", "0", r"epoch_size .* must be in \[1, inf\), got 0"),
+        ("val_interval", "0", r"val_interval .* must be in \[1, inf\)"),
+        ("crop_pct", "0", r"crop_pct .* must be in \(0, 1\], got 0.0"),
+        ("crop_pct", "1.5", r"crop_pct .* must be in \(0, 1\]"),
+        ("log_interval", "0", r"log_interval .* must be in \[1, inf\)"),
+        ("batch_size", "0", r"batch_size .* must be in \[1, inf\), got 0"),
+        ("batch_size", "-8", r"batch_size .* must be in \[1, inf\), got -8"),
+        ("image_resize", "70", r"image_resize .* must be in \[71, inf\), got 70"),
+        ("hflip", "1.5", r"hflip .* must be in \[0, 1\]"),
+        ("drop_rate", "1", r"drop_rate .* must be in \[0, 1\)"),
+        ("keep_checkpoint_max", "0", r"keep_checkpoint_max .* must be in \[1, inf\)"),
+        ("max_nonfinite_steps", "0", r"max_nonfinite_steps .* must be in \[1, inf\)"),
+        ("ema_decay", "1.1", r"ema_decay .* must be in \[0, 1\]"),
+    ],
+)
 def test_out_of_range_values_are_refused_at_parse_time(flag, value, message):
     with pytest.raises(ConfigError, match=message):
         parse_config([f"--{flag}", value])
 
 
-@pytest.mark.parametrize("flag,values,message", [
-    ("scale", ["0.5"], r"scale .* must be 2 numbers, increasing; each in \(0, 1\], got 0.5"),
-    ("scale", ["1.0", "0.5"], "scale .* must be 2 numbers, increasing"),
-    ("scale", ["0.5", "1.5"], r"scale .* must be in \(0, 1\], got 1.5"),
-    ("ratio", ["0.75", "1.0", "1.3"], "ratio .* must be 2 numbers, increasing"),
-    ("ratio", ["0", "1"], r"ratio .* must be in \(0, inf\), got 0.0"),
-])
+@pytest.mark.parametrize(
+    "flag,values,message",
+    [
+        ("scale", ["0.5"], r"scale .* must be 2 numbers, increasing; each in \(0, 1\], got 0.5"),
+        ("scale", ["1.0", "0.5"], "scale .* must be 2 numbers, increasing"),
+        ("scale", ["0.5", "1.5"], r"scale .* must be in \(0, 1\], got 1.5"),
+        ("ratio", ["0.75", "1.0", "1.3"], "ratio .* must be 2 numbers, increasing"),
+        ("ratio", ["0", "1"], r"ratio .* must be in \(0, inf\), got 0.0"),
+    ],
+)
 def test_lists_of_two_increasing_numbers_are_checked(flag, values, message):
     with pytest.raises(ConfigError, match=message):
         parse_config([f"--{flag}", *values])

@@ -1,4 +1,5 @@
 """mindcv 0.3.0's own Xception checkpoints convert to ours and give mindcv's outputs."""
+
 import mindspore as ms
 import numpy as np
 import pytest

@@ -3,6 +3,7 @@
 Exactness is "within 1e-5 of the output's largest magnitude": the matmul formulations sum the same
 products in another order, nothing more. Timings are in benchmarks/bench.py, not here.
 """
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -31,8 +32,10 @@ def test_depthwise_as_matmul_equals_grouped_conv(shape, chunk_bytes, monkeypatch
 
 
 def test_separable_conv_has_the_same_parameters_either_way():
-    shapes = [{p.name: p.shape for p in SeparableConv2d(6, 9, depthwise_as_matmul=flag).get_parameters()}
-              for flag in (False, True)]
+    shapes = [
+        {p.name: p.shape for p in SeparableConv2d(6, 9, depthwise_as_matmul=flag).get_parameters()}
+        for flag in (False, True)
+    ]
     assert shapes[0] == shapes[1] == {"depthwise.weight": (6, 1, 3, 3), "pointwise.weight": (9, 6, 1, 1)}
 
 
@@ -72,15 +75,25 @@ class WeightedSum(nn.Cell):
         return (self.net(x) * self.g).sum()
 
 
-@pytest.mark.parametrize("in_channels, kernel, stride, size, bias", [
-    (3, 3, 2, 15, False), (4, 3, 1, 9, True), (6, 1, 2, 9, False), (6, 1, 2, 10, True)])
+@pytest.mark.parametrize(
+    "in_channels, kernel, stride, size, bias",
+    [(3, 3, 2, 15, False), (4, 3, 1, 9, True), (6, 1, 2, 9, False), (6, 1, 2, 10, True)],
+)
 def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel, stride, size, bias):
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((2, in_channels, size, size + 1)).astype(np.float32))
     bias_init = ms.Tensor(rng.standard_normal(5).astype(np.float32)) if bias else None
     native = nn.Conv2d(in_channels, 5, kernel, stride=stride, pad_mode="valid", has_bias=bias, bias_init=bias_init)
-    fast = MatmulConv2d(in_channels, 5, kernel, stride=stride, has_bias=bias, as_matmul=True,
-                        weight_init=native.weight.data.copy(), bias_init=bias_init)
+    fast = MatmulConv2d(
+        in_channels,
+        5,
+        kernel,
+        stride=stride,
+        has_bias=bias,
+        as_matmul=True,
+        weight_init=native.weight.data.copy(),
+        bias_init=bias_init,
+    )
     assert [p.shape for p in fast.get_parameters()] == [p.shape for p in native.get_parameters()]
     assert_close(fast(x).asnumpy(), native(x).asnumpy())
     g = ms.Tensor(rng.standard_normal(native(x).shape).astype(np.float32))
@@ -93,8 +106,11 @@ def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel
         assert_close(a.asnumpy(), b.asnumpy())
 
 
-@pytest.mark.parametrize("as_matmul, images_per_chunk", [(False, None), (True, None), (True, 2)],
-                         ids=["native", "matmul", "matmul_in_batch_chunks"])
+@pytest.mark.parametrize(
+    "as_matmul, images_per_chunk",
+    [(False, None), (True, None), (True, 2)],
+    ids=["native", "matmul", "matmul_in_batch_chunks"],
+)
 def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, images_per_chunk, monkeypatch):
     if images_per_chunk:  # chunks of 2, 1 images: the columns' budget of 2 images of (6, 10, 9)
         monkeypatch.setattr(cpu_conv, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
@@ -108,13 +124,13 @@ def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, images_per_
     dw, pw = conv.depthwise.weight.asnumpy()[:, 0].astype(np.float64), conv.pointwise.weight.asnumpy()[:, :, 0, 0]
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     taps = [(i, j) for i in range(3) for j in range(3)]
-    depthwise_out = sum(dw[:, i, j, None, None] * xp[:, :, i:i + 10, j:j + 9] for i, j in taps)
+    depthwise_out = sum(dw[:, i, j, None, None] * xp[:, :, i : i + 10, j : j + 9] for i, j in taps)
     g_dw = np.einsum("oc,nohw->nchw", pw, g)  # gradient reaching the depthwise output
     ref_d_pw = np.einsum("nohw,nchw->oc", g, depthwise_out)
-    ref_d_dw = np.stack([(xp[:, :, i:i + 10, j:j + 9] * g_dw).sum((0, 2, 3)) for i, j in taps], 1)
+    ref_d_dw = np.stack([(xp[:, :, i : i + 10, j : j + 9] * g_dw).sum((0, 2, 3)) for i, j in taps], 1)
     ref_dx = np.zeros_like(xp, dtype=np.float64)
     for i, j in taps:
-        ref_dx[:, :, i:i + 10, j:j + 9] += dw[:, i, j, None, None] * g_dw
+        ref_dx[:, :, i : i + 10, j : j + 9] += dw[:, i, j, None, None] * g_dw
     assert_close(d_pw.asnumpy()[:, :, 0, 0], ref_d_pw)
     assert_close(d_dw.asnumpy().reshape(6, 9), ref_d_dw)
     assert_close(dx.asnumpy(), ref_dx[:, :, 1:-1, 1:-1])

@@ -1,4 +1,5 @@
 """Image folders: layout checks with one-line errors, deterministic sharded order, corrupt files."""
+
 import os
 
 import numpy as np
@@ -156,7 +157,7 @@ def test_a_changed_folder_is_scanned_again(tmp_path, opened, change):
         path = tmp_path / "b" / "0.png"
         data = path.read_bytes()
         path.write_bytes(b"x" * len(data))
-        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     rescanned = scan_image_folder(str(tmp_path))
     assert len(opened) == len(rescanned.samples) + len(rescanned.unreadable)
     assert (str(tmp_path / "b" / "0.png") in rescanned.unreadable) == (change == "rewritten")

@@ -1,4 +1,5 @@
 """The main job out of the box: a shortened demo run, and every README command's flags exist."""
+
 import glob
 import json
 import os
@@ -23,7 +24,7 @@ def readme_commands():
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("msrun"):
-                line = line[line.index("python"):]
+                line = line[line.index("python") :]
             if line:
                 commands.append(line)
     return commands
@@ -90,8 +91,10 @@ def test_demo_resumes_only_when_a_complete_epoch_checkpoint_exists(tmp_path, mon
 @pytest.mark.slow
 def test_shortened_demo_trains_validates_and_predicts(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
-    code, out, err = run_script(["-m", "mindcv_xception.demo", "--epochs", "3", "--per_class", "40", "--data", data,
-                                 "--run", run_dir], timeout=1500)
+    code, out, err = run_script(
+        ["-m", "mindcv_xception.demo", "--epochs", "3", "--per_class", "40", "--data", data, "--run", run_dir],
+        timeout=1500,
+    )
     assert code == 0, (out + err)[-3000:]
     metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert len(metrics) == 3 and metrics[-1]["val_top1"] > 0.4  # 10 classes: chance is 0.1
@@ -105,9 +108,16 @@ def test_shortened_demo_trains_validates_and_predicts(tmp_path):
 def test_demo_run_again_after_a_kill_resumes_instead_of_starting_over(tmp_path):
     data, run_dir = str(tmp_path / "digits"), str(tmp_path / "run")
     args = ["-m", "mindcv_xception.demo", "--epochs", "2", "--per_class", "20", "--data", data, "--run", run_dir]
-    demo = subprocess.Popen([sys.executable, *args], cwd=REPO, env=script_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    demo = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=script_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def epoch_one_done():
             metrics = os.path.join(run_dir, "metrics.jsonl")
             checkpoint = glob.glob(os.path.join(run_dir, "*-e0001.ckpt"))
@@ -132,6 +142,11 @@ def test_ctrl_c_lets_the_demos_child_finish_instead_of_killing_it(tmp_path):
 
     done = tmp_path / "done"
     # the child sends SIGINT to the demo (as a terminal's Ctrl-C reaches both), then finishes its work
-    _run(["-c", f"import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5); "
-                f"open({str(done)!r}, 'w').close()"])
+    _run(
+        [
+            "-c",
+            f"import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5); "
+            f"open({str(done)!r}, 'w').close()",
+        ]
+    )
     assert done.exists()

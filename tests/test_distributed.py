@@ -1,4 +1,5 @@
 """msrun data parallel on CPU: two real processes (MCCL), not mocks."""
+
 import glob
 import json
 import os
@@ -27,9 +28,28 @@ def msrun(args, log_dir, timeout=900):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], PYTHONPATH=REPO)
     import subprocess
 
-    proc = subprocess.run([MSRUN, "--worker_num", "2", "--local_worker_num", "2", "--master_port", str(free_port()),
-                           "--log_dir", log_dir, "--join", "True", "python", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [
+            MSRUN,
+            "--worker_num",
+            "2",
+            "--local_worker_num",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--log_dir",
+            log_dir,
+            "--join",
+            "True",
+            "python",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     logs = [strip_noise(open(p).read()) for p in sorted(glob.glob(os.path.join(log_dir, "worker_*.log")))]
     return proc.returncode, logs
 
@@ -38,8 +58,23 @@ def msrun(args, log_dir, timeout=900):
 def two_process_run(digits_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("dp_run"))
     log_dir = str(tmp_path_factory.mktemp("dp_logs"))
-    code, logs = msrun(["train.py", "--config", CPU_RECIPE, "--data_dir", digits_dir, "--epoch_size", "2",
-                        "--ckpt_save_dir", run_dir, "--distribute", "True", *QUICK], log_dir)
+    code, logs = msrun(
+        [
+            "train.py",
+            "--config",
+            CPU_RECIPE,
+            "--data_dir",
+            digits_dir,
+            "--epoch_size",
+            "2",
+            "--ckpt_save_dir",
+            run_dir,
+            "--distribute",
+            "True",
+            *QUICK,
+        ],
+        log_dir,
+    )
     assert code == 0, "\n".join(log[-3000:] for log in logs)
     return run_dir, logs
 
@@ -68,7 +103,11 @@ def test_checkpoints_and_metrics_are_written_once(two_process_run):
     metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == [
-        "best.ckpt", "last.ckpt", "xception_small-e0001.ckpt", "xception_small-e0002.ckpt"]
+        "best.ckpt",
+        "last.ckpt",
+        "xception_small-e0001.ckpt",
+        "xception_small-e0002.ckpt",
+    ]
 
 
 def test_two_process_validation_counts_every_image_once(two_process_run, digits_dir, tmp_path):
@@ -76,8 +115,20 @@ def test_two_process_validation_counts_every_image_once(two_process_run, digits_
     data = str(tmp_path / "d")
     shutil.copytree(digits_dir, data)
     keep_val_images(os.path.join(data, "val"), 23)  # divisible neither by 2 processes nor by the batch of 4
-    args = ["validate.py", "--config", CPU_RECIPE, "--data_dir", data, "--ckpt_path",
-            os.path.join(run_dir, "last.ckpt"), "--batch_size", "4", "--num_parallel_workers", "1", "--json"]
+    args = [
+        "validate.py",
+        "--config",
+        CPU_RECIPE,
+        "--data_dir",
+        data,
+        "--ckpt_path",
+        os.path.join(run_dir, "last.ckpt"),
+        "--batch_size",
+        "4",
+        "--num_parallel_workers",
+        "1",
+        "--json",
+    ]
     code, logs = msrun([*args, "--distribute", "True"], str(tmp_path / "logs"))
     assert code == 0, "\n".join(log[-2000:] for log in logs)
     two = json.loads([line for line in logs[0].splitlines() if line.startswith("{")][-1])
@@ -90,7 +141,19 @@ def test_two_process_validation_counts_every_image_once(two_process_run, digits_
 
 
 def test_distribute_without_msrun_is_one_line_and_exit_code_2(tmp_path):
-    code, _, err = run_script(["train.py", "--config", CPU_RECIPE, "--data_dir", str(tmp_path), "--ckpt_save_dir",
-                               str(tmp_path / "run"), "--distribute", "True"], timeout=300)
+    code, _, err = run_script(
+        [
+            "train.py",
+            "--config",
+            CPU_RECIPE,
+            "--data_dir",
+            str(tmp_path),
+            "--ckpt_save_dir",
+            str(tmp_path / "run"),
+            "--distribute",
+            "True",
+        ],
+        timeout=300,
+    )
     assert code == 2 and "distribute=True needs the processes started by msrun" in err
     assert [line for line in err.splitlines() if line.strip()] == [err.strip()]

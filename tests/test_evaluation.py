@@ -1,4 +1,5 @@
 """Validation over a folder (evaluation.Evaluator), in-process with a tiny network."""
+
 import io
 import os
 import re
@@ -25,8 +26,9 @@ class MeanColour(nn.Cell):
 
 
 def test_validation_shows_its_progress_and_rate_on_a_terminal_only(digits_dir, monkeypatch, capsys):
-    cfg = parse_config(["--config", CPU_RECIPE, "--data_dir", digits_dir, "--batch_size", "8",
-                        "--num_parallel_workers", "1"])
+    cfg = parse_config(
+        ["--config", CPU_RECIPE, "--data_dir", digits_dir, "--batch_size", "8", "--num_parallel_workers", "1"]
+    )
     folder = scan_image_folder(os.path.join(digits_dir, "val"))  # 40 images: 5 batches of 8
     evaluator = Evaluator(MeanColour(10), 10, Runtime("CPU", "O1"))
     assert evaluator.run(folder, cfg)["num_images"] == 40

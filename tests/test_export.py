@@ -1,4 +1,5 @@
 """export.py writes deployable fp32 eval-mode models that give the network's outputs."""
+
 import os
 
 import mindspore as ms

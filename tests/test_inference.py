@@ -1,4 +1,5 @@
 """Preprocessing that belongs to the weights, and infer.py's top-5 output."""
+
 import json
 from dataclasses import replace
 

@@ -5,6 +5,7 @@ The reference is Keras 3 itself (tests/keras_reference.py, run once per session 
 too, a few variances below 1e-3 so a wrong eps shows), saved in the official files' legacy layout
 and names, and re-saved by Keras 3.
 """
+
 import os
 import shutil
 
@@ -79,9 +80,20 @@ def test_reference_outputs_would_expose_a_wrong_bn_eps(keras_reference, tmp_path
 @pytest.mark.slow
 def test_converted_checkpoint_carries_the_metadata_record(official):
     meta = checkpoint_meta(read_checkpoint(official))
-    assert meta == {"model": "xception", "num_classes": 1000, "class_names": None, "source": "keras:official.h5",
-                    "preprocessing": {"image_size": 299, "crop_pct": 0.8975, "interpolation": "bicubic",
-                                      "mean": [127.5] * 3, "std": [127.5] * 3, "channel_order": "RGB"}}
+    assert meta == {
+        "model": "xception",
+        "num_classes": 1000,
+        "class_names": None,
+        "source": "keras:official.h5",
+        "preprocessing": {
+            "image_size": 299,
+            "crop_pct": 0.8975,
+            "interpolation": "bicubic",
+            "mean": [127.5] * 3,
+            "std": [127.5] * 3,
+            "channel_order": "RGB",
+        },
+    }
 
 
 @pytest.mark.slow
@@ -133,6 +145,7 @@ def test_shortcut_layers_listed_before_a_blocks_separable_convs_map_the_same(ker
 
 
 # ---- files that cannot be converted: one-line error, exit code 2, no output left behind ----
+
 
 def _convert_fails(capsys, src: str, dst: str, *extra: str) -> str:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -201,8 +214,9 @@ def test_truncated_file_is_refused(keras_reference, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_notop_file_for_a_model_with_a_head_is_refused_with_the_fix(keras_reference, tmp_path, capsys):
-    err = _convert_fails(capsys, str(keras_reference / "official_notop.h5"), str(tmp_path / "out" / "x.ckpt"),
-                         "--num_classes", "1000")
+    err = _convert_fails(
+        capsys, str(keras_reference / "official_notop.h5"), str(tmp_path / "out" / "x.ckpt"), "--num_classes", "1000"
+    )
     assert "no-top file" in err and "--num_classes 0" in err
 
 

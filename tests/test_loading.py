@@ -1,4 +1,5 @@
 """Strict weight loading: all parameters set, shapes checked, clear errors."""
+
 import mindspore as ms
 import numpy as np
 import pytest

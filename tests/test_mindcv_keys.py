@@ -1,6 +1,7 @@
 """MindCV recipes run unchanged: every mindcv 0.3.0 key is accepted with mindcv's meaning, older names
 are read as today's, what Xception cannot do is refused with a reason, and a recipe written for
 mindcv trains here with mindcv's defaults for what it leaves out."""
+
 import os
 import re
 import shutil
@@ -27,15 +28,47 @@ loss_scale drop_overflow_update""".split()
 
 # MindCV's configs/xception/xception_ascend.yaml (mindcv 0.3.0), with two older names added
 MINDCV_XCEPTION_RECIPE = {
-    "mode": 0, "distribute": True, "num_parallel_workers": 8, "val_while_train": True, "dataset": "imagenet",
-    "data_dir": "/path/to/imagenet", "shuffle": True, "dataset_download": False, "batch_size": 32,
-    "drop_remainder": True, "image_resize": 299, "scale": [0.08, 1.0], "ratio": [0.75, 1.333], "hflip": 0.5,
-    "interpolation": "bilinear", "auto_augment": "autoaug", "re_prob": 0.25, "crop_pct": 0.875,
-    "model": "xception", "num_classes": 1000, "pretrained": False, "ckpt_path": "", "keep_checkpoint_max": 10,
-    "ckpt_save_dir": "./ckpt", "epoch_size": 200, "dataset_sink_mode": True, "amp_level": "O2", "loss": "CE",
-    "label_smoothing": 0.1, "smooth_factor": 0.1, "scheduler": "warmup_cosine_decay", "lr": 0.045,
-    "min_lr": 0.0, "decay_epochs": 195, "warmup_epochs": 5, "opt": "sgd", "filter_bias_and_bn": True,
-    "momentum": 0.9, "weight_decay": 0.00001, "loss_scale": 1024, "use_nesterov": False,
+    "mode": 0,
+    "distribute": True,
+    "num_parallel_workers": 8,
+    "val_while_train": True,
+    "dataset": "imagenet",
+    "data_dir": "/path/to/imagenet",
+    "shuffle": True,
+    "dataset_download": False,
+    "batch_size": 32,
+    "drop_remainder": True,
+    "image_resize": 299,
+    "scale": [0.08, 1.0],
+    "ratio": [0.75, 1.333],
+    "hflip": 0.5,
+    "interpolation": "bilinear",
+    "auto_augment": "autoaug",
+    "re_prob": 0.25,
+    "crop_pct": 0.875,
+    "model": "xception",
+    "num_classes": 1000,
+    "pretrained": False,
+    "ckpt_path": "",
+    "keep_checkpoint_max": 10,
+    "ckpt_save_dir": "./ckpt",
+    "epoch_size": 200,
+    "dataset_sink_mode": True,
+    "amp_level": "O2",
+    "loss": "CE",
+    "label_smoothing": 0.1,
+    "smooth_factor": 0.1,
+    "scheduler": "warmup_cosine_decay",
+    "lr": 0.045,
+    "min_lr": 0.0,
+    "decay_epochs": 195,
+    "warmup_epochs": 5,
+    "opt": "sgd",
+    "filter_bias_and_bn": True,
+    "momentum": 0.9,
+    "weight_decay": 0.00001,
+    "loss_scale": 1024,
+    "use_nesterov": False,
 }
 
 
@@ -113,9 +146,30 @@ def test_mindcv_recipe_trains_and_resumes_the_mindcv_way(mindcv_recipe, digits_d
     """MindCV's recipe runs with only data, size and device flags; ckpt_path + resume_opt resumes."""
     from mindcv_xception.loading import read_checkpoint
 
-    flags = ["--config", mindcv_recipe, "--data_dir", digits_dir, "--num_classes", "0", "--distribute", "False",
-             "--model", "xception_small", "--middle_depth", "1", "--image_resize", "71", "--batch_size", "8",
-             "--num_parallel_workers", "1", "--epoch_size", "2", "--num_samples", "48"]
+    flags = [
+        "--config",
+        mindcv_recipe,
+        "--data_dir",
+        digits_dir,
+        "--num_classes",
+        "0",
+        "--distribute",
+        "False",
+        "--model",
+        "xception_small",
+        "--middle_depth",
+        "1",
+        "--image_resize",
+        "71",
+        "--batch_size",
+        "8",
+        "--num_parallel_workers",
+        "1",
+        "--epoch_size",
+        "2",
+        "--num_samples",
+        "48",
+    ]
     full = str(tmp_path / "full")
     code, out, err = run_script(["train.py", *flags, "--ckpt_save_dir", full])
     assert code == 0, err[-3000:]
@@ -123,8 +177,18 @@ def test_mindcv_recipe_trains_and_resumes_the_mindcv_way(mindcv_recipe, digits_d
     resumed = str(tmp_path / "resumed")
     os.makedirs(resumed)
     shutil.copy(os.path.join(full, "xception_small-e0001.ckpt"), resumed)
-    code, out, err = run_script(["train.py", *flags, "--ckpt_save_dir", resumed, "--ckpt_path",
-                                 os.path.join(resumed, "xception_small-e0001.ckpt"), "--resume_opt", "True"])
+    code, out, err = run_script(
+        [
+            "train.py",
+            *flags,
+            "--ckpt_save_dir",
+            resumed,
+            "--ckpt_path",
+            os.path.join(resumed, "xception_small-e0001.ckpt"),
+            "--resume_opt",
+            "True",
+        ]
+    )
     assert code == 0, err[-3000:]
     assert "Resumed from" in out and "epoch 1 of 2 done" in out
     a = read_checkpoint(os.path.join(full, "last.ckpt"))

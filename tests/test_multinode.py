@@ -2,6 +2,7 @@
 joined to the other by a virtual ethernet pair, so msrun on server 1 does not see the master address
 as its own and starts no scheduler (on one shared network stack both launches would start one).
 Needs root for ``ip netns``; skipped with the reason otherwise."""
+
 import glob
 import os
 import re
@@ -48,20 +49,56 @@ def test_two_server_launch_trains_in_step_with_one_scheduler(two_servers, digits
     run_dir = str(tmp_path / "run")
     launches = []
     for rank, name in enumerate(two_servers):
-        cmd = ["ip", "netns", "exec", name, MSRUN, "--worker_num", "2", "--local_worker_num", "1",
-               "--master_addr", MASTER, "--master_port", "8118", "--node_rank", str(rank),
-               "--log_dir", str(tmp_path / f"server{rank}"), "--join", "True",
-               "python", "train.py", "--config", CPU_RECIPE, "--data_dir", digits_dir, "--epoch_size", "1",
-               "--ckpt_save_dir", run_dir, "--distribute", "True", *QUICK]
-        launches.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True))
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            MSRUN,
+            "--worker_num",
+            "2",
+            "--local_worker_num",
+            "1",
+            "--master_addr",
+            MASTER,
+            "--master_port",
+            "8118",
+            "--node_rank",
+            str(rank),
+            "--log_dir",
+            str(tmp_path / f"server{rank}"),
+            "--join",
+            "True",
+            "python",
+            "train.py",
+            "--config",
+            CPU_RECIPE,
+            "--data_dir",
+            digits_dir,
+            "--epoch_size",
+            "1",
+            "--ckpt_save_dir",
+            run_dir,
+            "--distribute",
+            "True",
+            *QUICK,
+        ]
+        launches.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outputs = [p.communicate(timeout=900)[0] for p in launches]
     logs = {path: strip_noise(open(path).read()) for path in glob.glob(str(tmp_path / "server*" / "*.log"))}
     detail = "\n".join(out[-1500:] for out in outputs) + "\n".join(v[-1500:] for v in logs.values())
     assert [p.returncode for p in launches] == [0, 0], detail
     assert sorted(os.path.relpath(p, tmp_path) for p in logs) == [
-        "server0/scheduler.log", "server0/worker_0.log", "server1/worker_1.log"]
-    digests = {re.search(r"weights digest on rank (\d): (\w+)", log).groups() for log in logs.values()
-               if "weights digest" in log}
+        "server0/scheduler.log",
+        "server0/worker_0.log",
+        "server1/worker_1.log",
+    ]
+    digests = {
+        re.search(r"weights digest on rank (\d): (\w+)", log).groups()
+        for log in logs.values()
+        if "weights digest" in log
+    }
     assert {rank for rank, _ in digests} == {"0", "1"} and len({d for _, d in digests}) == 1, detail
     assert "Global batch 16 (= 8 x 2 processes" in logs[str(tmp_path / "server0" / "worker_0.log")]

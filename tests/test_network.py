@@ -1,4 +1,5 @@
 """The network: paper-exact architecture, the MindCV/timm model API and input checks."""
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -103,8 +104,9 @@ def test_reset_classifier_changes_class_count_and_pooling():
     assert net(x).shape == (2, 7)
     assert net.classifier.weight.name == "classifier.weight"
     feats = net.forward_features(x)
-    np.testing.assert_allclose(net.forward_head(feats, pre_logits=True).asnumpy(),
-                               ops.amax(feats, (2, 3)).asnumpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        net.forward_head(feats, pre_logits=True).asnumpy(), ops.amax(feats, (2, 3)).asnumpy(), rtol=1e-6
+    )
     net.reset_classifier(0)  # after the network has been compiled
     assert net(x).shape == (2, 1024)
 
@@ -155,10 +157,12 @@ def test_max_pool_pads_like_tensorflow_same():
         out = block.pool(ms.Tensor(x)).asnumpy()
         n = -(-size // 2)
         pad = max((n - 1) * 2 + 3 - size, 0)
-        padded = np.pad(x, ((0, 0), (0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)),
-                        constant_values=-np.inf)
-        ref = np.array([[padded[..., 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((-2, -1)) for j in range(n)]
-                        for i in range(n)]).transpose(2, 3, 0, 1)
+        padded = np.pad(
+            x, ((0, 0), (0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)), constant_values=-np.inf
+        )
+        ref = np.array(
+            [[padded[..., 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((-2, -1)) for j in range(n)] for i in range(n)]
+        ).transpose(2, 3, 0, 1)
         np.testing.assert_array_equal(out, ref)
 
 

@@ -1,4 +1,5 @@
 """One evaluation preprocessing, recorded in the checkpoint: validate.py and infer.py agree on it."""
+
 import logging
 from dataclasses import replace
 
@@ -11,8 +12,15 @@ from PIL import Image
 from helpers import sample_photos
 from mindcv_xception.checkpoint import write_atomic
 from mindcv_xception.convert import keras_meta, mindcv_meta
-from mindcv_xception.preprocessing import (KERAS, MINDCV, Preprocessing, PreprocessingError, from_record,
-                                           preprocess, resolve)
+from mindcv_xception.preprocessing import (
+    KERAS,
+    MINDCV,
+    Preprocessing,
+    PreprocessingError,
+    from_record,
+    preprocess,
+    resolve,
+)
 
 # a fine-tuning recipe with non-default interpolation, mean and std (inputs in [0, 1])
 FINETUNED = Preprocessing(75, 0.9, "bilinear", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "RGB")
@@ -33,7 +41,9 @@ def test_bgr_record_reverses_the_channels():
 
 def test_resize_uses_the_records_interpolation():
     photo = sample_photos()[1]
-    assert not np.array_equal(preprocess(photo, FINETUNED), preprocess(photo, replace(FINETUNED, interpolation="bicubic")))
+    assert not np.array_equal(
+        preprocess(photo, FINETUNED), preprocess(photo, replace(FINETUNED, interpolation="bicubic"))
+    )
 
 
 def test_the_record_wins_over_the_fallback_and_a_flag_over_the_record_with_a_log_line(caplog):
@@ -43,15 +53,18 @@ def test_the_record_wins_over_the_fallback_and_a_flag_over_the_record_with_a_log
     prep = resolve(meta, {"interpolation": "bicubic", "mean": [0, 0, 0]}, KERAS, "k.ckpt")
     assert prep == replace(FINETUNED, interpolation="bicubic")
     overrides = [r.getMessage() for r in caplog.records if "(command line)" in r.getMessage()]
-    assert overrides == ["Preprocessing: --interpolation bicubic (command line) overrides bilinear "
-                         "(recorded in k.ckpt)"]  # mean 0 0 0 is what the record says: no override
+    assert overrides == [
+        "Preprocessing: --interpolation bicubic (command line) overrides bilinear (recorded in k.ckpt)"
+    ]  # mean 0 0 0 is what the record says: no override
 
 
 def test_checkpoint_without_a_record_keeps_the_fallback_and_says_so(caplog):
     caplog.set_level(logging.INFO, "mindcv_xception")
     assert resolve({"model": "xception"}, {}, KERAS, "old.ckpt", "the recipe") == KERAS
-    assert any("old.ckpt records no preprocessing" in r.getMessage() and "the recipe, as before" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "old.ckpt records no preprocessing" in r.getMessage() and "the recipe, as before" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_malformed_record_is_a_one_line_error():
@@ -62,6 +75,7 @@ def test_malformed_record_is_a_one_line_error():
 
 
 # ---- infer.py on an image and validate.py on a folder holding it give the same logits ----
+
 
 def _checkpoint(path, meta):
     """An xception_small (middle depth 1, 2 classes) saved by the project's writer with ``meta``.
@@ -95,14 +109,17 @@ CASES = {
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_infer_on_an_image_and_validate_on_its_folder_give_the_same_logits(kind, one_image_folder, tmp_path):
-    from mindcv_xception.config import parse_config
     from mindcv_xception.bn_folding import inference_network
+    from mindcv_xception.config import parse_config
     from mindcv_xception.inference import checkpoint_preprocessing, image_logits, load_for_inference
     from mindcv_xception.validate import VALIDATE_OPTIONS, validate
 
     ckpt = _checkpoint(str(tmp_path / f"{kind}.ckpt"), CASES[kind])
-    cfg = parse_config(["--data_dir", str(one_image_folder), "--ckpt_path", ckpt, "--batch_size", "1",
-                        "--num_parallel_workers", "1"], "", VALIDATE_OPTIONS)
+    cfg = parse_config(
+        ["--data_dir", str(one_image_folder), "--ckpt_path", ckpt, "--batch_size", "1", "--num_parallel_workers", "1"],
+        "",
+        VALIDATE_OPTIONS,
+    )
     validated = validate(cfg, keep_logits=True)["logits"]
 
     net, meta = load_for_inference(ckpt)

@@ -2,6 +2,7 @@
 
 No network: the "download" is a file:// URL to Keras-layout files made by tests/keras_reference.py.
 """
+
 import io
 import logging
 import os

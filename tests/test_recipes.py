@@ -8,6 +8,7 @@ warm-up and schedule shape, and the learning rate scaled to the batch as the rec
 two real textures (scikit-image's brick and grass photos), which every crop and augmentation keeps
 apart, so a healthy run memorises them within a few dozen steps.
 """
+
 import json
 import os
 
@@ -20,8 +21,22 @@ from helpers import REPO, run_script
 pytestmark = pytest.mark.slow
 
 RECIPES_DIR = os.path.join(REPO, "configs", "xception")
-COMMON = ["--num_classes", "0", "--model", "xception_small", "--middle_depth", "1", "--image_resize", "71",
-          "--batch_size", "8", "--num_parallel_workers", "1", "--log_interval", "1"]
+COMMON = [
+    "--num_classes",
+    "0",
+    "--model",
+    "xception_small",
+    "--middle_depth",
+    "1",
+    "--image_resize",
+    "71",
+    "--batch_size",
+    "8",
+    "--num_parallel_workers",
+    "1",
+    "--log_interval",
+    "1",
+]
 RECIPES = {
     # 8 cards in the recipe, one process here; epochs past its 5 warm-up epochs
     "xception_ascend.yaml": ["--distribute", "False", "--epoch_size", "10"],
@@ -45,7 +60,7 @@ def textures_dir(tmp_path_factory):
             os.makedirs(out / split / name)
             for i in range(count):
                 y, x = rng.integers(0, texture.shape[0] - 160, 2)
-                crop = Image.fromarray(texture[y:y + 160, x:x + 160]).convert("RGB").resize((72, 72))
+                crop = Image.fromarray(texture[y : y + 160, x : x + 160]).convert("RGB").resize((72, 72))
                 crop.save(out / split / name / f"{name}_{i:02d}.png")
     return str(out)
 
@@ -54,8 +69,19 @@ def textures_dir(tmp_path_factory):
 def recipe_run(request, textures_dir, tmp_path_factory):
     recipe = request.param
     run_dir = str(tmp_path_factory.mktemp("run"))
-    code, out, err = run_script(["train.py", "--config", os.path.join(RECIPES_DIR, recipe), "--data_dir",
-                                 textures_dir, "--ckpt_save_dir", run_dir, *COMMON, *RECIPES[recipe]])
+    code, out, err = run_script(
+        [
+            "train.py",
+            "--config",
+            os.path.join(RECIPES_DIR, recipe),
+            "--data_dir",
+            textures_dir,
+            "--ckpt_save_dir",
+            run_dir,
+            *COMMON,
+            *RECIPES[recipe],
+        ]
+    )
     assert code == 0, err[-3000:]
     metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     return recipe, run_dir, out + err, metrics
@@ -89,7 +115,9 @@ def test_recipe_settings_are_in_effect_and_the_device_fallbacks_are_logged(recip
     if settings.get("jit_level") == "O2":
         assert "jit_level O2 is not available on CPU" in out
     if settings.get("warmup_epochs"):
-        lrs = [float(line.split(" lr ")[1].split()[0]) for line in out.splitlines() if " step " in line and " lr " in line]
+        lrs = [
+            float(line.split(" lr ")[1].split()[0]) for line in out.splitlines() if " step " in line and " lr " in line
+        ]
         assert lrs[0] < lrs[len(lrs) // 2]  # the warm-up ramps the rate up
 
 

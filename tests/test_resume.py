@@ -1,4 +1,5 @@
 """Never lose a run: kill -9 and --resume equals an uninterrupted run; bad checkpoints are handled."""
+
 import errno
 import json
 import os
@@ -18,8 +19,25 @@ from mindcv_xception.loading import CheckpointError, checkpoint_meta, read_check
 
 # deterministic: no dropout (its random state is not part of a checkpoint), no random augmentation (a run
 # resumed mid-epoch draws the crops and flips of the rest of the epoch afresh), one loader thread
-RUN = [*QUICK, "--epoch_size", "3", "--drop_rate", "0", "--ema", "True", "--ema_decay", "0.9",
-       "--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1"]
+RUN = [
+    *QUICK,
+    "--epoch_size",
+    "3",
+    "--drop_rate",
+    "0",
+    "--ema",
+    "True",
+    "--ema_decay",
+    "0.9",
+    "--hflip",
+    "0",
+    "--scale",
+    "1",
+    "1",
+    "--ratio",
+    "1",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +60,13 @@ def straight_and_resumed(small_digits, tmp_path_factory):
 
     resumed = str(tmp_path_factory.mktemp("resumed"))
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, *train_args(small_digits, resumed)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *train_args(small_digits, resumed)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     second = os.path.join(resumed, "xception_small-e0002.ckpt")
     deadline = time.time() + 900
     while not os.path.exists(second) and proc.poll() is None and time.time() < deadline:
@@ -62,8 +85,14 @@ def terminated_and_resumed(small_digits, straight_and_resumed, tmp_path_factory)
     """Run C: SIGTERM once a step line of epoch 1 is logged (mid-epoch), then --resume to the end."""
     run_dir = str(tmp_path_factory.mktemp("terminated"))
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, *train_args(small_digits, run_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *train_args(small_digits, run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if "epoch 1/3 step 5/7" in line:
             proc.send_signal(signal.SIGTERM)
@@ -86,7 +115,8 @@ def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_143(terminated_and_resu
 
 @pytest.mark.slow
 def test_run_resumed_after_sigterm_ends_with_the_weights_of_an_uninterrupted_run(
-        terminated_and_resumed, straight_and_resumed):
+    terminated_and_resumed, straight_and_resumed
+):
     run_dir, _, out = terminated_and_resumed
     straight, _, _ = straight_and_resumed
     assert "epoch 0 of 3 done and 5 step(s) of epoch 1" in out or "epoch 0 of 3 done and 6 step(s) of epoch 1" in out
@@ -159,11 +189,14 @@ def test_resume_with_new_lr_rebases_the_remaining_schedule(straight_and_resumed,
 
 
 @pytest.mark.slow
-def test_resume_under_another_batch_size_is_refused_naming_the_setting(straight_and_resumed, small_digits,
-                                                                      tmp_path):
+def test_resume_under_another_batch_size_is_refused_naming_the_setting(straight_and_resumed, small_digits, tmp_path):
     straight, _, _ = straight_and_resumed
-    code, _, err = run_script(train_args(small_digits, str(tmp_path / "r"), "--resume",
-                                         os.path.join(straight, "last.ckpt"), "--batch_size", "4"), timeout=300)
+    code, _, err = run_script(
+        train_args(
+            small_digits, str(tmp_path / "r"), "--resume", os.path.join(straight, "last.ckpt"), "--batch_size", "4"
+        ),
+        timeout=300,
+    )
     assert code == 2 and "belongs to a run with other settings (batch_size 8 -> 4)" in err
 
 
@@ -176,8 +209,9 @@ def test_checkpoint_for_another_class_count_is_refused(straight_and_resumed, tmp
             for f in os.listdir(os.path.join(data, split, str(label))):
                 os.remove(os.path.join(data, split, str(label), f))
             os.rmdir(os.path.join(data, split, str(label)))
-    code, _, err = run_script(train_args(data, str(tmp_path / "r"), "--resume",
-                                         os.path.join(straight, "last.ckpt")), timeout=300)
+    code, _, err = run_script(
+        train_args(data, str(tmp_path / "r"), "--resume", os.path.join(straight, "last.ckpt")), timeout=300
+    )
     assert code == 2 and "checkpoint for 10 classes, this run is xception_small for 5" in err
 
 
@@ -234,8 +268,9 @@ def _saved_net():
 
 
 def test_full_disk_removes_the_partial_file_keeps_the_previous_checkpoints_and_stops(tmp_path, monkeypatch, capfd):
-    from mindcv_xception.checkpoint import CheckpointWriteError
     from mindspore.train import serialization
+
+    from mindcv_xception.checkpoint import CheckpointWriteError
 
     net = _saved_net()
     manager = CheckpointManager(str(tmp_path), "m", keep_max=5)
@@ -250,8 +285,9 @@ def test_full_disk_removes_the_partial_file_keeps_the_previous_checkpoints_and_s
 
 
 def test_read_only_run_folder_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
-    from mindcv_xception.checkpoint import CheckpointWriteError
     from mindspore.train import serialization
+
+    from mindcv_xception.checkpoint import CheckpointWriteError
 
     manager = CheckpointManager(str(tmp_path), "m", keep_max=5)
 
@@ -281,13 +317,15 @@ def test_resume_without_checkpoints_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
-        straight_and_resumed, small_digits, tmp_path):
+    straight_and_resumed, small_digits, tmp_path
+):
     straight, _, _ = straight_and_resumed
     run_dir = str(tmp_path / "nan")
     os.makedirs(run_dir)
     os.link(os.path.join(straight, "xception_small-e0002.ckpt"), os.path.join(run_dir, "xception_small-e0002.ckpt"))
-    code, _, err = run_script(train_args(small_digits, run_dir, "--resume", "--lr", "1e30",
-                                         "--max_nonfinite_steps", "2"))
+    code, _, err = run_script(
+        train_args(small_digits, run_dir, "--resume", "--lr", "1e30", "--max_nonfinite_steps", "2")
+    )
     assert code == 2 and "the loss has been non-finite for 2 steps" in err
     assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == ["xception_small-e0002.ckpt"]
     assert checkpoint_meta(read_checkpoint(os.path.join(run_dir, "xception_small-e0002.ckpt")))["epoch"] == 2
@@ -321,8 +359,11 @@ def test_metrics_file_stays_valid_json_with_a_non_finite_loss(tmp_path):
 def test_validate_json_stays_valid_json_with_a_non_finite_loss(monkeypatch, capsys):
     from mindcv_xception import validate
 
-    monkeypatch.setattr(validate, "validate", lambda cfg: {"top1": 0.1, "top5": 0.5, "loss": float("nan"),
-                                                           "num_images": 20, "images_per_s": 3.0, "rank": 0})
+    monkeypatch.setattr(
+        validate,
+        "validate",
+        lambda cfg: {"top1": 0.1, "top5": 0.5, "loss": float("nan"), "num_images": 20, "images_per_s": 3.0, "rank": 0},
+    )
     assert validate.main(["--json"]) == 0
 
     def strict(constant):
@@ -333,13 +374,15 @@ def test_validate_json_stays_valid_json_with_a_non_finite_loss(monkeypatch, caps
 
 @pytest.mark.slow
 def test_epoch_ending_with_non_finite_weights_is_not_saved_and_the_run_fails(
-        straight_and_resumed, small_digits, tmp_path):
+    straight_and_resumed, small_digits, tmp_path
+):
     straight, _, _ = straight_and_resumed
     run_dir = str(tmp_path / "nan_epoch")
     os.makedirs(run_dir)
     os.link(os.path.join(straight, "xception_small-e0002.ckpt"), os.path.join(run_dir, "xception_small-e0002.ckpt"))
     # the NaN stretch (7 steps) is shorter than max_nonfinite_steps: the epoch ends with NaN weights
-    code, _, err = run_script(train_args(small_digits, run_dir, "--resume", "--lr", "1e30",
-                                         "--max_nonfinite_steps", "100"))
+    code, _, err = run_script(
+        train_args(small_digits, run_dir, "--resume", "--lr", "1e30", "--max_nonfinite_steps", "100")
+    )
     assert code == 2 and "are not finite" in err and "xception_small-e0002.ckpt" in err
     assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == ["xception_small-e0002.ckpt"]

@@ -1,4 +1,5 @@
 """A run folder belongs to one run: lock, no fresh start over another run, no resume under other settings."""
+
 import logging
 import os
 import subprocess
@@ -37,8 +38,20 @@ def test_fresh_run_over_another_runs_checkpoints_is_refused_in_one_line(tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     open(run_dir / "xception_small-e0003.ckpt", "wb").close()
-    code, _, err = run_script(["train.py", "--config", CPU_RECIPE, "--data_dir", str(tmp_path / "digits"),
-                               "--batch_size", "2", "--ckpt_save_dir", str(run_dir)], timeout=300)
+    code, _, err = run_script(
+        [
+            "train.py",
+            "--config",
+            CPU_RECIPE,
+            "--data_dir",
+            str(tmp_path / "digits"),
+            "--batch_size",
+            "2",
+            "--ckpt_save_dir",
+            str(run_dir),
+        ],
+        timeout=300,
+    )
     assert code == 2 and "holds the checkpoints of another run" in err and "--overwrite True" in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert os.path.exists(run_dir / "xception_small-e0003.ckpt")

@@ -3,6 +3,7 @@
 The files are written here in the publishers' binary formats from scikit-learn's handwritten digits,
 a few per class, then read back through ``dataset: <name>``.
 """
+
 import gzip
 import os
 
@@ -26,8 +27,7 @@ def digits(n_per_class: int, size: int, rgb: bool):
 
     d = load_digits()
     keep = np.concatenate([np.flatnonzero(d.target == c)[:n_per_class] for c in range(10)])
-    images = [np.asarray(Image.fromarray((d.images[i] * 16).astype(np.uint8)).resize((size, size)))
-              for i in keep]
+    images = [np.asarray(Image.fromarray((d.images[i] * 16).astype(np.uint8)).resize((size, size))) for i in keep]
     images = np.stack(images)
     if rgb:
         images = np.stack([images, 255 - images, images // 2], axis=-1)  # three different planes
@@ -45,7 +45,7 @@ def write_cifar10(root):
     folder.mkdir(parents=True)
     images, labels = digits(3, 32, rgb=True)
     for i in range(1, 6):
-        (folder / f"data_batch_{i}.bin").write_bytes(cifar_bytes(images[i - 1::5], labels[i - 1::5], False))
+        (folder / f"data_batch_{i}.bin").write_bytes(cifar_bytes(images[i - 1 :: 5], labels[i - 1 :: 5], False))
     (folder / "test_batch.bin").write_bytes(cifar_bytes(images[::3], labels[::3], False))
     (folder / "batches.meta.txt").write_text("\n".join(f"class{c}" for c in range(10)) + "\n")
     return images, labels
@@ -103,7 +103,7 @@ def test_the_image_folder_is_written_once_and_again_when_the_files_change(tmp_pa
     assert image_folder_of("cifar10", str(tmp_path / "data")) == first
     assert os.stat(marker).st_mtime_ns == stamp
     batch = tmp_path / "data" / "cifar-10-batches-bin" / "test_batch.bin"
-    batch.write_bytes(batch.read_bytes()[:3073 * 5])
+    batch.write_bytes(batch.read_bytes()[: 3073 * 5])
     assert image_folder_of("cifar10", str(tmp_path / "data")) != first
 
 

@@ -4,6 +4,7 @@ clipping works, and mixed precision keeps a float32 loss, float32 BatchNorm and 
 The loss-scale tests use a tiny conv net (the composition of optimizer and train step is what they
 check); the mixed-precision tests use a narrow Xception, whose CPU kernels have their own backward.
 """
+
 import os
 
 import mindspore as ms
@@ -72,8 +73,16 @@ VARIANTS = {
     "sgd_accumulation_2": ["--gradient_accumulation_steps", "2"],
     "sgd_dynamic": ["--loss_scale_type", "dynamic"],
     "sgd_fixed_drop_overflow": ["--drop_overflow_update", "True"],
-    "momentum_dynamic_ema_accumulation_2": ["--opt", "momentum", "--loss_scale_type", "dynamic", "--ema", "True",
-                                            "--gradient_accumulation_steps", "2"],
+    "momentum_dynamic_ema_accumulation_2": [
+        "--opt",
+        "momentum",
+        "--loss_scale_type",
+        "dynamic",
+        "--ema",
+        "True",
+        "--gradient_accumulation_steps",
+        "2",
+    ],
 }
 
 
@@ -143,6 +152,7 @@ def test_clip_grad_bounds_the_update_by_clip_value():
 
 # ---- mixed precision, on a narrow Xception (its CPU depthwise kernel has a written-out backward) ----
 
+
 def tiny_xception() -> Xception:
     ms.set_seed(0)
     return Xception(num_classes=4, widths=TINY_WIDTHS, middle_depth=1, bn_momentum=0.9)
@@ -150,16 +160,17 @@ def tiny_xception() -> Xception:
 
 def xception_batch(n: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return (ms.Tensor(rng.uniform(-1, 1, (n, 3, 71, 71)).astype(np.float32)),
-            ms.Tensor(np.arange(n, dtype=np.int32) % 4))
+    return (
+        ms.Tensor(rng.uniform(-1, 1, (n, 3, 71, 71)).astype(np.float32)),
+        ms.Tensor(np.arange(n, dtype=np.int32) % 4),
+    )
 
 
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_mixed_precision_trains_with_a_float32_loss_and_float32_weights(level, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MindSpore's O1 rewrite used to leave rewritten_network/ here
     net = apply_amp(tiny_xception(), level)
-    cfg = config("--amp_level", level, "--loss_scale", "1024", "--opt", "adamw", "--lr", "0.01",
-                 "--weight_decay", "0")
+    cfg = config("--amp_level", level, "--loss_scale", "1024", "--opt", "adamw", "--lr", "0.01", "--weight_decay", "0")
     _, step = build_train_step(cfg, net, cfg.lr)
     step.set_train(True)
     images, labels = xception_batch()
@@ -197,8 +208,9 @@ def test_mixed_precision_logits_match_float32_closely():
     for level in ("O1", "O2"):
         net = apply_amp(tiny_xception(), level).set_train(False)
         logits = net(images)
-        np.testing.assert_allclose(logits.astype(ms.float32).asnumpy(), reference, atol=0.02 * np.abs(reference).max(),
-                                   err_msg=level)
+        np.testing.assert_allclose(
+            logits.astype(ms.float32).asnumpy(), reference, atol=0.02 * np.abs(reference).max(), err_msg=level
+        )
 
 
 def test_unknown_amp_level_is_refused():

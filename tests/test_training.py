@@ -1,4 +1,5 @@
 """train.py on real data: a short run on scikit-learn's digits (one corrupt file among them)."""
+
 import json
 import os
 import re
@@ -32,8 +33,21 @@ PREPROCESSING = ["--mean", "0", "0", "0", "--std", "255", "255", "255", "--inter
 def trained(data, tmp_path_factory):
     """One short training run shared by the tests below: 3 epochs of xception_small at 71 px."""
     run_dir = str(tmp_path_factory.mktemp("run"))
-    code, out, err = run_script(["train.py", "--config", CPU_RECIPE, "--data_dir", data, "--epoch_size",
-                                 str(EPOCHS), "--ckpt_save_dir", run_dir, *QUICK, *PREPROCESSING])
+    code, out, err = run_script(
+        [
+            "train.py",
+            "--config",
+            CPU_RECIPE,
+            "--data_dir",
+            data,
+            "--epoch_size",
+            str(EPOCHS),
+            "--ckpt_save_dir",
+            run_dir,
+            *QUICK,
+            *PREPROCESSING,
+        ]
+    )
     assert code == 0, err[-3000:]
     metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     return run_dir, out, metrics
@@ -76,8 +90,9 @@ def test_effective_lr_is_logged_with_the_scaling(trained):
 @pytest.mark.slow
 def test_validate_with_only_the_checkpoint_reproduces_the_accuracy_training_reported(trained, data):
     run_dir, _, metrics = trained
-    code, out, err = run_script(["validate.py", "--ckpt_path", os.path.join(run_dir, "last.ckpt"),
-                                 "--data_dir", data, "--json"])
+    code, out, err = run_script(
+        ["validate.py", "--ckpt_path", os.path.join(run_dir, "last.ckpt"), "--data_dir", data, "--json"]
+    )
     assert code == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert abs(result["top1"] - metrics[-1]["val_top1"]) * result["num_images"] <= 1.0 + 1e-6
@@ -87,8 +102,9 @@ def test_validate_with_only_the_checkpoint_reproduces_the_accuracy_training_repo
 @pytest.mark.slow
 def test_infer_over_the_val_images_gets_the_accuracy_training_reported(trained, data):
     run_dir, _, metrics = trained
-    code, out, err = run_script(["infer.py", "--ckpt_path", os.path.join(run_dir, "last.ckpt"), "--json",
-                                 os.path.join(data, "val")])
+    code, out, err = run_script(
+        ["infer.py", "--ckpt_path", os.path.join(run_dir, "last.ckpt"), "--json", os.path.join(data, "val")]
+    )
     assert code == 0, err[-3000:]
     document = json.loads(out)
     assert document["preprocessing"]["mean"] == [0, 0, 0] and document["preprocessing"]["interpolation"] == "bilinear"

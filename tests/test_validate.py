@@ -1,4 +1,5 @@
 """validate.py: its numbers equal a hand computation; one-line errors for bad input."""
+
 import json
 import os
 
@@ -32,8 +33,13 @@ def labelled(tmp_path_factory):
         elif "moving_mean" in p.name:
             p.set_data(ms.Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
     ckpt = str(root / "w.ckpt")
-    meta = {"model": "xception_small", "num_classes": 10, "middle_depth": 1, "in_channels": 3,
-            "class_names": [str(i) for i in range(10)]}
+    meta = {
+        "model": "xception_small",
+        "num_classes": 10,
+        "middle_depth": 1,
+        "in_channels": 3,
+        "class_names": [str(i) for i in range(10)],
+    }
     ms.save_checkpoint(net, ckpt, append_dict={META_KEY: json.dumps(meta)})
     return data, ckpt, net
 
@@ -105,8 +111,9 @@ def test_mindcv_checkpoint_validates_like_its_conversion(labelled, tmp_path):
     assert code == 0, err[-2000:]
     results = []
     for ckpt in (theirs, ours):  # both carry MindCV's preprocessing; 71 px (a flag over it) keeps this quick
-        code, out, err = run_script([*VALIDATE, "--data_dir", data, "--ckpt_path", ckpt, "--image_resize", "71"],
-                                    timeout=600)
+        code, out, err = run_script(
+            [*VALIDATE, "--data_dir", data, "--ckpt_path", ckpt, "--image_resize", "71"], timeout=600
+        )
         assert code == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert results[0]["num_images"] == N_VAL
@@ -120,8 +127,9 @@ def test_onnxruntime_backend_validates_like_mindspore(labelled):
     data, ckpt, _ = labelled
     results = {}
     for backend in ("mindspore", "onnxruntime"):
-        cfg = parse_config([*VALIDATE[1:], "--data_dir", data, "--ckpt_path", ckpt, "--backend", backend],
-                           "", VALIDATE_OPTIONS)
+        cfg = parse_config(
+            [*VALIDATE[1:], "--data_dir", data, "--ckpt_path", ckpt, "--backend", backend], "", VALIDATE_OPTIONS
+        )
         results[backend] = validate(cfg, keep_logits=True)
     ours, onnx = results["mindspore"], results["onnxruntime"]
     assert onnx["num_images"] == ours["num_images"] == N_VAL
