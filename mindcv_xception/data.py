@@ -319,7 +319,7 @@ class DecodedImages:
                         self.failures.append(path)
                         logger.warning("skipping unreadable image %s", path)
                 if self.with_valid:
-                    blank = np.zeros((8, 8, 1 if self.grayscale else 3), np.uint8)
+                    blank = np.zeros((8, 8, 1 if self.channel_order == "L" else 3), np.uint8)
                     return blank, np.int32(label), np.float32(0)
         else:
             raise DataError(f"no image in {self.folder.root} could be decoded")
