@@ -34,6 +34,7 @@ and the start-up scan of the folder (``data.scan_image_folder``), first and from
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -254,25 +255,30 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORKS) -> Dict:
-    """Interleaved timing of every case on every network plus the matmul ceiling."""
-    steps, compile_s = {}, {}
-    for case in cases:
-        for network in (n for n in networks if runs(n, case)):
-            steps[case, network] = make_step(network, case)
-            compile_s[f"{case}/{network}"] = round(timed(steps[case, network]), 2)  # warm-up: compiles
+    """Timing of every case on every network, the networks interleaved round by round, plus the matmul ceiling.
+
+    One case at a time, its networks released before the next: all five networks of all four cases
+    held at once exceed 24 GiB (the run was killed for lack of memory).
+    """
+    compile_s, times, mm_times = {}, {}, []
     mm, mm_flops = matmul_step()
     mm()
-    times = {key: [] for key in steps}
-    mm_times = []
-    for r in range(rounds):
-        mm_times.append(timed(mm))
-        for key, fn in steps.items():
-            times[key].append(timed(fn))
-        print(
-            f"round {r + 1}/{rounds}: " + ", ".join(f"{c}/{n} {times[c, n][-1]:.2f}s" for c, n in steps),
-            file=sys.stderr,
-            flush=True,
-        )
+    for case in cases:
+        steps = {}
+        for network in (n for n in networks if runs(n, case)):
+            steps[network] = make_step(network, case)
+            compile_s[f"{case}/{network}"] = round(timed(steps[network]), 2)  # warm-up: compiles
+        for r in range(rounds):
+            mm_times.append(timed(mm))
+            for network, fn in steps.items():
+                times.setdefault((case, network), []).append(timed(fn))
+            print(
+                f"{case} round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[case, n][-1]:.2f}s" for n in steps),
+                file=sys.stderr,
+                flush=True,
+            )
+        del steps
+        gc.collect()
     ceiling = mm_flops / float(np.median(mm_times))
     sizes = sorted({parse_case(c)[1] for c in cases})
     # the anchors compute our network's multiply-adds: "ours" is always counted
@@ -283,7 +289,7 @@ def run_speed(cases: List[str], rounds: int, networks: Tuple[str, ...] = NETWORK
     for case in cases:
         kind, size, batch = parse_case(case)
         macs_ours = macs[size]["ours"]
-        img_s = {n: batch / float(np.median(times[c, n])) for c, n in steps if c == case}
+        img_s = {n: batch / float(np.median(times[c, n])) for c, n in times if c == case}
         r: Dict = {"macs_per_image_G": round(macs_ours / 1e9, 3)}
         for n, v in img_s.items():
             r[f"{n}_img_s"] = round(v, 3)

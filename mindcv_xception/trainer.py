@@ -198,6 +198,12 @@ def _check_settings(cfg: Config, meta: Dict[str, object], path: str) -> None:
         logger.warning("Resuming with changed settings: %s", "; ".join(other))
 
 
+def saves_checkpoint(cfg: Config, epochs_done: int, is_best: bool, stopping: bool) -> bool:
+    """Whether the end of an epoch writes a checkpoint: every ``ckpt_save_interval`` epochs (mindcv's key),
+    and always after the last epoch, a new best, or when the run is being stopped (a signal)."""
+    return epochs_done % cfg.ckpt_save_interval == 0 or epochs_done == cfg.epoch_size or is_best or stopping
+
+
 def lr_table(optimizer) -> ms.Parameter:
     """The optimizer's per-step learning rates (a Parameter, saved in checkpoints)."""
     lr = optimizer.learning_rate
@@ -476,12 +482,7 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
             record["eta_s"] = elapsed / (epoch + 1 - start_epoch) * (cfg.epoch_size - epoch - 1)
             meta = dict(run_meta, epoch=epoch + 1, global_step=global_step, best_top1=best)
             if runtime.is_main:
-                if (
-                    (epoch + 1) % cfg.ckpt_save_interval == 0
-                    or epoch + 1 == cfg.epoch_size
-                    or is_best
-                    or stop.signum is not None
-                ):
+                if saves_checkpoint(cfg, epoch + 1, is_best, stop.signum is not None):
                     manager.save(state, epoch + 1, meta, is_best, score=record.get("val_top1"))
                 write_metrics(run_dir, record)
             logger.info(

@@ -230,3 +230,11 @@ def test_top_k_policy_keeps_the_best_epochs_and_the_newest(tmp_path):
     latest = CheckpointManager(str(tmp_path), "net", keep_max=2)
     latest.save(state, 6, {"epoch": 6}, score=0.0)
     assert [e for (e, _), _ in latest.epoch_files()] == [5, 6]
+
+
+def test_ckpt_save_interval_saves_every_nth_epoch_the_last_a_best_and_on_a_stop():
+    from mindcv_xception.trainer import saves_checkpoint
+
+    cfg = parse_config(["--ckpt_save_interval", "3", "--epoch_size", "10"])
+    assert [e for e in range(1, 11) if saves_checkpoint(cfg, e, False, False)] == [3, 6, 9, 10]
+    assert saves_checkpoint(cfg, 4, True, False) and saves_checkpoint(cfg, 5, False, True)
