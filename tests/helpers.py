@@ -17,6 +17,10 @@ from mindcv_xception.loading import EMA_PREFIX, META_KEY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_RECIPE = os.path.join(REPO, "configs", "xception", "xception_cpu.yaml")
+# what a shipped or MindCV recipe is overridden with to run here: the narrow model at 71 px, batch 8,
+# one loader thread, classes from the folders (tests/test_recipes.py, tests/test_mindcv_keys.py)
+ON_THIS_MACHINE = "--num_classes 0 --model xception_small --middle_depth 1 --image_resize 71 --batch_size 8 \
+--num_parallel_workers 1".split()
 # a quick version of the CPU recipe: a shallow middle flow, small batches, one loader thread
 QUICK = [
     "--middle_depth",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, run_script
+from helpers import ON_THIS_MACHINE, REPO, run_script
 from mindcv_xception.config import OPTIONS_BY_NAME, ConfigError, parse_config
 from mindcv_xception.mindcv_keys import ALIASES, MINDCV_DEFAULTS, REFUSED
 
@@ -146,30 +146,8 @@ def test_mindcv_recipe_trains_and_resumes_the_mindcv_way(mindcv_recipe, digits_d
     """MindCV's recipe runs with only data, size and device flags; ckpt_path + resume_opt resumes."""
     from mindcv_xception.loading import read_checkpoint
 
-    flags = [
-        "--config",
-        mindcv_recipe,
-        "--data_dir",
-        digits_dir,
-        "--num_classes",
-        "0",
-        "--distribute",
-        "False",
-        "--model",
-        "xception_small",
-        "--middle_depth",
-        "1",
-        "--image_resize",
-        "71",
-        "--batch_size",
-        "8",
-        "--num_parallel_workers",
-        "1",
-        "--epoch_size",
-        "2",
-        "--num_samples",
-        "48",
-    ]
+    flags = ["--config", mindcv_recipe, "--data_dir", digits_dir, *ON_THIS_MACHINE, "--distribute", "False"]
+    flags += ["--epoch_size", "2", "--num_samples", "48"]
     full = str(tmp_path / "full")
     code, out, err = run_script(["train.py", *flags, "--ckpt_save_dir", full])
     assert code == 0, err[-3000:]

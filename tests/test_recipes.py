@@ -16,27 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, run_script
+from helpers import ON_THIS_MACHINE, REPO, run_script
 
 pytestmark = pytest.mark.slow
 
 RECIPES_DIR = os.path.join(REPO, "configs", "xception")
-COMMON = [
-    "--num_classes",
-    "0",
-    "--model",
-    "xception_small",
-    "--middle_depth",
-    "1",
-    "--image_resize",
-    "71",
-    "--batch_size",
-    "8",
-    "--num_parallel_workers",
-    "1",
-    "--log_interval",
-    "1",
-]
+COMMON = [*ON_THIS_MACHINE, "--log_interval", "1"]
 RECIPES = {
     # 8 cards in the recipe, one process here; epochs past its 5 warm-up epochs
     "xception_ascend.yaml": ["--distribute", "False", "--epoch_size", "10"],
