@@ -60,15 +60,6 @@ def choose_backend(requested: str = "auto", device: Optional[str] = None) -> str
     return requested
 
 
-def file_sha256(path: str) -> str:
-    """The hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def onnx_cache_dir() -> str:
     """Where exported ONNX models are kept: ``<weights cache>/onnx``."""
     from .weights import cache_dir
@@ -80,8 +71,10 @@ def onnx_cache_path(
     ckpt_path: str, net: nn.Cell, prep: Preprocessing, batch_size: int, extra: Optional[Dict[str, object]] = None
 ) -> str:
     """The cache file for this checkpoint content, network configuration, input and batch."""
+    from .weights import file_digest
+
     key = {
-        "checkpoint_sha256": file_sha256(ckpt_path),
+        "checkpoint_sha256": file_digest(ckpt_path, "sha256"),
         "network": getattr(net, "init_kwargs", {}),
         "image_size": prep.image_size,
         "num_classes": getattr(net, "num_classes", None),

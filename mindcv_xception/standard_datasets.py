@@ -4,7 +4,7 @@ mindcv reads these with MindSpore's dataset readers (``dataset: cifar10`` etc., 
 to fetch them). Here nothing is downloaded: ``data_dir`` holds the files as their publishers ship
 them, and they are written once as an image folder (``train/<class>/``, ``val/<class>/``, PNG), so
 training and validation use the same checked pipeline as every other folder. The folder is kept in
-a cache keyed by the source files' names, sizes and modification times.
+the package's cache (``weights.cache_dir``) keyed by the source files' names, sizes and modification times.
 
 Formats (the publishers' binary versions):
 - CIFAR-10: ``data_batch_1.bin`` .. ``data_batch_5.bin`` and ``test_batch.bin``, records of 1 label
@@ -133,18 +133,15 @@ def _fingerprint(data_dir: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_root() -> str:
-    """Where image folders of standard data sets are kept (``MINDCV_XCEPTION_CACHE`` or ~/.cache)."""
-    return os.environ.get("MINDCV_XCEPTION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mindcv_xception"))
-
-
 def image_folder_of(name: str, data_dir: str) -> str:
     """The image folder (``train/``, ``val/``) of the standard data set in ``data_dir``, written once."""
     from PIL import Image
 
+    from .weights import cache_dir
+
     if not os.path.isdir(data_dir):
         raise DatasetFormatError(f"data folder not found: {data_dir}; pass --data_dir holding the {name} files")
-    out = os.path.join(cache_root(), "datasets", f"{name}-{_fingerprint(data_dir)}")
+    out = os.path.join(cache_dir(), "datasets", f"{name}-{_fingerprint(data_dir)}")
     if os.path.isdir(out):
         return out
     arrays = read_standard_dataset(name, data_dir)

@@ -43,13 +43,18 @@ def cache_dir() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mindcv_xception")
 
 
-def file_md5(path: str) -> str:
-    """The md5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
+def file_digest(path: str, algorithm: str = "md5") -> str:
+    """The hex digest (``hashlib`` algorithm name) of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_md5(path: str) -> str:
+    """The md5 hex digest of a file (what the published weights are checked against)."""
+    return file_digest(path, "md5")
 
 
 def _copy_with_progress(response, out, name: str) -> int:
