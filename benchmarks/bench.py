@@ -56,9 +56,10 @@ ASCEND_RECIPE = os.path.join(
 )
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
-# shortcut convs still as matmuls; and, for inference only, without BatchNorm folding (training never
-# folds: there it would be ``ours`` timed twice).
-EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_unfolded_bn")
+# shortcut convs still as matmuls; the depthwise step as im2col + matmul (what runs where no C++
+# compiler builds the compiled kernel); and, for inference only, without BatchNorm folding (training
+# never folds: there it would be ``ours`` timed twice).
+EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_im2col_dw", "ours_unfolded_bn")
 INFERENCE_ONLY = ("ours_unfolded_bn",)
 
 
@@ -88,10 +89,11 @@ def build(network: str, kind: str):
         net = Xception(drop_rate=0.5)
         if network == "ours_native_convs":
             set_matmul_convs(net, False)
-        if network == "ours_grouped_dw":
-            for _, cell, attribute in matmul_conv_switches(net):
-                if attribute == "depthwise_as_matmul":  # only the depthwise step native
-                    setattr(cell, attribute, False)
+        for _, cell, attribute in matmul_conv_switches(net):
+            if attribute == "depthwise_as_matmul" and network == "ours_grouped_dw":  # only the depthwise step native
+                setattr(cell, attribute, False)
+            if attribute == "depthwise_as_matmul" and network == "ours_im2col_dw":
+                cell.use_compiled_kernel = False
         if kind == "infer" and network != "ours_unfolded_bn":
             return inference_network(net)
     else:
@@ -119,8 +121,11 @@ def available_networks(cases: List[str], requested: str = "") -> Tuple[str, ...]
     return tuple(n for n in names if n not in missing or installed(missing[n]))
 
 
-def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
-    """One eager PyTorch step of ``case`` on the same Xception (fp32, default threads)."""
+def torch_parts(case: str, channels_last: bool):
+    """(net, optimizer, loss function, images, labels) of ``case`` on the same Xception in PyTorch.
+
+    The net is in eval mode for inference cases (optimizer, loss and labels are then None).
+    """
     import torch
     from torch_xception import TorchXception, keras_style_count
 
@@ -136,17 +141,25 @@ def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if kind == "infer":
-        net.eval()
+        return net.eval(), None, None, x, None
+    labels = torch.from_numpy(rng.integers(0, 1000, batch).astype(np.int64))
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    return net, opt, torch.nn.CrossEntropyLoss(), x, labels
+
+
+def torch_step(case: str, channels_last: bool) -> Callable[[], None]:
+    """One eager PyTorch step of ``case`` on the same Xception (fp32, default threads)."""
+    import torch
+
+    net, opt, loss_fn, x, labels = torch_parts(case, channels_last)
+    if opt is None:
 
         def infer() -> None:
             with torch.inference_mode():
                 net(x).numpy()
 
         return infer
-    labels = torch.from_numpy(rng.integers(0, 1000, batch).astype(np.int64))
-    net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)
@@ -364,39 +377,11 @@ def child_main(case: str, network: str) -> None:
 
 def cpu_info() -> Dict[str, object]:
     """The CPU model, logical CPUs and its vector extensions (AVX2, AVX-512 subsets, AMX) from /proc/cpuinfo."""
-    model, flags, count = "?", set(), 0
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model, count = value.strip(), count + 1
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    vector = [
-        f
-        for f in (
-            "avx",
-            "avx2",
-            "fma",
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "avx512_vnni",
-            "avx512_bf16",
-            "amx_tile",
-            "amx_bf16",
-        )
-        if f in flags
-    ]
-    return {
-        "model": model,
-        "logical_cpus": count or os.cpu_count(),
-        "vector_extensions": vector,
-        "avx2": "avx2" in flags,
-        "avx512": "avx512f" in flags,
-    }
+    from mindcv_xception.compiled_kernels import cpu_info as read_cpu_info
+
+    info = read_cpu_info()
+    info.pop("flags")
+    return info
 
 
 def environment() -> Dict[str, object]:
@@ -409,9 +394,14 @@ def environment() -> Dict[str, object]:
         except ImportError:
             return "not installed"
 
+    from mindcv_xception.compiled_kernels import depthwise_kernels
+
     cpu = cpu_info()
+    ms.set_context(device_target="CPU")
+    kernels = depthwise_kernels()
     return {
         "cpu": f"{cpu['model']} x{cpu['logical_cpus']}",
+        "depthwise_kernel": os.path.basename(kernels.library) if kernels else "im2col + matmul (no compiled kernel)",
         "cpu_vector_extensions": cpu["vector_extensions"],
         "avx2": cpu["avx2"],
         "avx512": cpu["avx512"],

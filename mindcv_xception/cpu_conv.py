@@ -6,9 +6,12 @@ depthwise (grouped) conv and the ungrouped 'valid' convs of the stem and the str
 parameters, as unfold (im2col) and one batched matmul:
 
 * ``SeparableConv2d``: Keras's SeparableConv2D (3x3 depthwise, then 1x1 pointwise, no biases); its
-  depthwise step runs as ``depthwise_3x3_matmul`` (``Depthwise3x3Matmul``: a written-out backward
-  pass, batch chunks of at most ``DEPTHWISE_CHUNK_BYTES`` of columns);
-* ``MatmulConv2d``: an ungrouped 'valid' ``nn.Conv2d`` as one broadcast matmul.
+  depthwise step runs on the C++ kernel compiled for this CPU (``compiled_depthwise_3x3``, see
+  ``compiled_kernels``) or, where none can be built, as ``depthwise_3x3_matmul``
+  (``Depthwise3x3Matmul``: a written-out backward pass, batch chunks of at most
+  ``DEPTHWISE_CHUNK_BYTES`` of columns);
+* ``MatmulConv2d``: an ungrouped 'valid' ``nn.Conv2d`` (stem, strided shortcuts) as a 1x1 conv of
+  the unfolded input (3x3) or of every second row and column (strided 1x1).
 
 Each switches between its matmul formulation and MindSpore's native kernel (``set_matmul_convs``);
 the default is the matmul one on CPU only (``matmul_convs_default``). Parameter names and shapes are
@@ -21,6 +24,8 @@ from typing import Iterator, Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+
+from .compiled_kernels import DepthwiseKernels, depthwise_kernels
 
 
 def matmul_convs_default() -> bool:
@@ -110,11 +115,37 @@ class Depthwise3x3Matmul(nn.Cell):
         return dx, dweight
 
 
+def _same_shape(x, weight):
+    return x
+
+
+def _input_and_weight(x, weight, dy):
+    return x, weight
+
+
+def compiled_depthwise_3x3(kernels: DepthwiseKernels) -> ops.Custom:
+    """The 3x3 stride-1 depthwise conv (zero padding 1) as an operator on the C++ kernel built for this CPU.
+
+    ``op(x, weight)`` equals ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float
+    summation order. Its backward pass computes the input and weight gradients in one kernel call
+    and keeps nothing from the forward pass but its input. Inputs are float32 or float16 (mixed
+    precision; computed in float32), both of one type.
+    """
+    backward = ops.Custom(kernels.backward, _input_and_weight, _input_and_weight, func_type="aot")
+
+    def bprop(x, weight, out, dout):
+        return backward(x, weight, dout)
+
+    return ops.Custom(kernels.forward, _same_shape, _same_shape, func_type="aot", bprop=bprop)
+
+
 class SeparableConv2d(nn.Cell):
     """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D).
 
-    ``depthwise_as_matmul`` (default: on CPU) computes the depthwise step with
-    ``depthwise_3x3_matmul`` from the same ``depthwise.weight``; the parameters are the same either way.
+    ``depthwise_as_matmul`` (default: on CPU) replaces MindSpore's grouped conv in the depthwise step:
+    by the C++ kernel compiled for this CPU (``compiled_depthwise_3x3``) when one could be built
+    (``use_compiled_kernel``), else by ``depthwise_3x3_matmul``; all from the same ``depthwise.weight``,
+    so the parameters are the same either way.
     """
 
     def __init__(self, in_channels: int, out_channels: int, depthwise_as_matmul: Optional[bool] = None) -> None:
@@ -125,11 +156,17 @@ class SeparableConv2d(nn.Cell):
             depthwise_as_matmul = matmul_convs_default()
         self.depthwise_as_matmul = depthwise_as_matmul
         self.depthwise_matmul = Depthwise3x3Matmul()
+        kernels = depthwise_kernels() if depthwise_as_matmul else None
+        self.use_compiled_kernel = kernels is not None
+        self.depthwise_compiled = compiled_depthwise_3x3(kernels) if kernels is not None else None
 
     def construct(self, x: Tensor) -> Tensor:
         if self.depthwise_as_matmul:
-            # the explicit cast keeps mixed precision outside the custom backward (training_step.apply_amp)
-            x = self.depthwise_matmul(x, self.depthwise.weight.astype(x.dtype))
+            # the explicit casts keep mixed precision outside the custom backward (training_step.apply_amp)
+            if self.use_compiled_kernel:
+                x = self.depthwise_compiled(x, self.depthwise.weight.astype(x.dtype))
+            else:
+                x = self.depthwise_matmul(x, self.depthwise.weight.astype(x.dtype))
         else:
             x = self.depthwise(x)
         return self.pointwise(x)
@@ -139,10 +176,13 @@ class MatmulConv2d(nn.Conv2d):
     """An ungrouped 'valid' ``nn.Conv2d`` (the stem convs, the strided 1x1 shortcuts) that can run as im2col + matmul.
 
     MindSpore's CPU kernel is very slow for these shapes (40-70x slower than the same products as
-    one matmul: the README's "What was tried" table); ``as_matmul`` (default: on CPU)
-    computes ``unfold`` (the kernel's taps at every output pixel, a strided slice for 1x1) and one
-    broadcast matmul with the same ``weight`` (and ``bias``). The result equals the native conv up
-    to float summation order; the parameters are those of ``nn.Conv2d``.
+    one matmul: the README's "What was tried" table), while it is fast for stride-1 1x1 convs.
+    ``as_matmul`` (default: on CPU) turns the conv into one: a strided 1x1 conv becomes a 1x1 conv of
+    every ``stride``-th row and column; a kxk conv becomes a 1x1 conv of ``unfold``'s columns (the
+    kernel's taps at every output pixel, as channels) with the weight reshaped to (out, in*k*k, 1, 1).
+    (A broadcast batched matmul of the same columns, the earlier formulation, spent most of its time
+    broadcasting.) The result equals the native conv up to float summation order; the parameters are
+    those of ``nn.Conv2d``.
     """
 
     def __init__(
@@ -166,11 +206,15 @@ class MatmulConv2d(nn.Conv2d):
         n, _, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-        cols = ops.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, out_h*out_w)
-        out = ops.matmul(self.weight.reshape(self.out_channels, -1), cols)
-        if self.has_bias:
-            out = out + self.bias.reshape(1, -1, 1)
-        return out.reshape(n, self.out_channels, out_h, out_w)
+        # parameters cast to the input's type: under mixed precision (Cell.to_float) only inputs are cast
+        weight = self.weight.astype(x.dtype)
+        bias = self.bias.astype(x.dtype) if self.has_bias else None
+        if kh == 1 and kw == 1:
+            # a strided 1x1 conv is a 1x1 conv of every sh-th row and sw-th column
+            return ops.conv2d(x[:, :, ::sh, ::sw], weight, bias)
+        cols = ops.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, out_h*out_w): the taps of each output pixel
+        cols = cols.reshape(n, -1, out_h, out_w)
+        return ops.conv2d(cols, weight.reshape(self.out_channels, -1, 1, 1), bias)
 
 
 def matmul_conv_switches(net: nn.Cell) -> Iterator[Tuple[str, nn.Cell, str]]:

@@ -4,6 +4,8 @@ Exactness is "within 1e-5 of the output's largest magnitude": the matmul formula
 products in another order, nothing more. Timings are in benchmarks/bench.py, not here.
 """
 
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -11,8 +13,14 @@ from mindcv.models import create_model
 from mindspore import nn, ops
 
 from helpers import assert_close, images, randomise_batch_norms
-from mindcv_xception import cpu_conv
-from mindcv_xception.cpu_conv import MatmulConv2d, SeparableConv2d, depthwise_3x3_matmul, set_matmul_convs
+from mindcv_xception import compiled_kernels, cpu_conv
+from mindcv_xception.cpu_conv import (
+    MatmulConv2d,
+    SeparableConv2d,
+    compiled_depthwise_3x3,
+    depthwise_3x3_matmul,
+    set_matmul_convs,
+)
 
 
 class Depthwise(nn.Cell):
@@ -29,6 +37,107 @@ def test_depthwise_as_matmul_equals_grouped_conv(shape, chunk_bytes, monkeypatch
     x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
     conv = nn.Conv2d(shape[1], shape[1], 3, pad_mode="pad", padding=1, group=shape[1])
     assert_close(Depthwise()(x, conv.weight).asnumpy(), conv(x).asnumpy())
+
+
+@pytest.fixture
+def kernels():
+    """The depthwise kernels compiled for this CPU (the test machine has g++)."""
+    kernels = compiled_kernels.depthwise_kernels()
+    assert kernels is not None, "g++ is part of the test machine: the compiled kernels must build"
+    return kernels
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (1, 3, 1, 1), (3, 8, 4, 7), (2, 4, 2, 17)])
+def test_compiled_depthwise_kernel_equals_grouped_conv_forward_and_backward(shape, kernels):
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    native = nn.Conv2d(shape[1], shape[1], 3, pad_mode="pad", padding=1, group=shape[1])
+    native.weight.set_data(ms.Tensor(rng.standard_normal((shape[1], 1, 3, 3)).astype(np.float32)))
+    compiled = CompiledDepthwise(compiled_depthwise_3x3(kernels))
+    assert_close(compiled(x, native.weight).asnumpy(), native(x).asnumpy())
+    g = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    grad = ops.GradOperation(get_all=True)
+    dx, dw = grad(WeightedSum2(compiled, g))(x, native.weight.value())
+    (dx_native,), (dw_native,) = ops.GradOperation(get_all=True, get_by_list=True)(
+        WeightedSum(native, g), ms.ParameterTuple(native.trainable_params())
+    )(x)
+    assert_close(dx.asnumpy(), dx_native.asnumpy())
+    assert_close(dw.asnumpy(), dw_native.asnumpy())
+
+
+def test_compiled_depthwise_kernel_computes_float16_in_float32(kernels):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float16)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float16)
+    compiled = CompiledDepthwise(compiled_depthwise_3x3(kernels))
+    expected = compiled(ms.Tensor(x.astype(np.float32)), ms.Tensor(w.astype(np.float32))).asnumpy()
+    out = compiled(ms.Tensor(x), ms.Tensor(w))
+    assert out.dtype == ms.float16
+    assert_close(out.asnumpy().astype(np.float32), expected.astype(np.float16).astype(np.float32), rtol=1e-7)
+    g = ms.Tensor(rng.standard_normal((2, 6, 5, 7)).astype(np.float16))
+    dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(compiled, g))(ms.Tensor(x), ms.Tensor(w))
+    dx32, dw32 = ops.GradOperation(get_all=True)(WeightedSum2(compiled, g.astype(ms.float32)))(
+        ms.Tensor(x.astype(np.float32)), ms.Tensor(w.astype(np.float32))
+    )
+    assert dx.dtype == dw.dtype == ms.float16
+    assert_close(dx.asnumpy().astype(np.float32), dx32.asnumpy(), rtol=1e-3)
+    assert_close(dw.asnumpy().astype(np.float32), dw32.asnumpy(), rtol=1e-3)
+
+
+def test_separable_conv_uses_the_compiled_kernel_on_cpu(kernels):
+    conv = SeparableConv2d(4, 5)
+    assert conv.depthwise_as_matmul and conv.use_compiled_kernel
+    assert not SeparableConv2d(4, 5, depthwise_as_matmul=False).use_compiled_kernel
+
+
+def test_without_a_compiler_the_depthwise_step_falls_back_to_im2col_and_says_so(monkeypatch, caplog):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    compiled_kernels.depthwise_kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="mindcv_xception.compiled_kernels"):
+            conv = SeparableConv2d(4, 5)
+        assert conv.depthwise_as_matmul and not conv.use_compiled_kernel
+        assert "No C++ compiler (/nonexistent/g++)" in caplog.text and "im2col + matmul" in caplog.text
+        x = images(2, 9, channels=4)
+        reference = SeparableConv2d(4, 5, depthwise_as_matmul=False)
+        reference.depthwise.weight.set_data(conv.depthwise.weight.value())
+        reference.pointwise.weight.set_data(conv.pointwise.weight.value())
+        assert_close(conv(x).asnumpy(), reference(x).asnumpy())
+    finally:
+        compiled_kernels.depthwise_kernels.cache_clear()
+
+
+def test_compiled_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(compiled_kernels.SWITCH_ENV, "0")
+    compiled_kernels.depthwise_kernels.cache_clear()
+    try:
+        assert compiled_kernels.depthwise_kernels() is None
+        assert not SeparableConv2d(4, 5).use_compiled_kernel
+    finally:
+        compiled_kernels.depthwise_kernels.cache_clear()
+
+
+def test_the_kernel_library_is_built_once_per_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINDCV_XCEPTION_CACHE", str(tmp_path))
+    builds = []
+    real_build = compiled_kernels._build
+    monkeypatch.setattr(
+        compiled_kernels, "_build", lambda compiler, path: builds.append(path) or real_build(compiler, path)
+    )
+    zen3 = {"model": "AMD EPYC 7B13", "flags": ["avx", "avx2", "fma"]}
+    zen4 = {"model": "AMD EPYC 9B14", "flags": ["avx", "avx2", "fma", "avx512f"]}
+    paths = []
+    try:
+        for cpu in (zen3, zen3, zen4):
+            monkeypatch.setattr(compiled_kernels, "cpu_info", lambda cpu=cpu: cpu)
+            compiled_kernels.depthwise_kernels.cache_clear()  # a new process
+            paths.append(compiled_kernels.depthwise_kernels().library)
+    finally:
+        compiled_kernels.depthwise_kernels.cache_clear()
+    assert paths[0] == paths[1] != paths[2]
+    assert builds == [paths[0], paths[2]]  # the second process on the same CPU reuses the build
+    assert all(p.startswith(str(tmp_path / "kernels")) for p in paths)
+    assert not [f for f in os.listdir(tmp_path / "kernels") if ".tmp-" in f]
 
 
 def test_separable_conv_has_the_same_parameters_either_way():
@@ -62,6 +171,26 @@ class LossGrads(nn.Cell):
 
     def construct(self, x, labels):
         return self.loss(x, labels), self.grad(self.loss, self.params)(x, labels)
+
+
+class CompiledDepthwise(nn.Cell):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def construct(self, x, w):
+        return self.op(x, w)
+
+
+class WeightedSum2(nn.Cell):
+    """sum(op(x, w) * g) for a two-input op: its gradients are the op's backward pass for g."""
+
+    def __init__(self, op, g):
+        super().__init__()
+        self.op, self.g = op, g
+
+    def construct(self, x, w):
+        return (self.op(x, w) * self.g).sum()
 
 
 class WeightedSum(nn.Cell):
@@ -107,17 +236,19 @@ def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel
 
 
 @pytest.mark.parametrize(
-    "as_matmul, images_per_chunk",
-    [(False, None), (True, None), (True, 2)],
-    ids=["native", "matmul", "matmul_in_batch_chunks"],
+    "as_matmul, compiled, images_per_chunk",
+    [(False, False, None), (True, True, None), (True, False, None), (True, False, 2)],
+    ids=["native", "compiled_kernel", "im2col_matmul", "im2col_matmul_in_batch_chunks"],
 )
-def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, images_per_chunk, monkeypatch):
+def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, compiled, images_per_chunk, monkeypatch):
     if images_per_chunk:  # chunks of 2, 1 images: the columns' budget of 2 images of (6, 10, 9)
         monkeypatch.setattr(cpu_conv, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, 10, 9)).astype(np.float32)
     g = rng.standard_normal((3, 5, 10, 9)).astype(np.float32)
     conv = SeparableConv2d(6, 5, depthwise_as_matmul=as_matmul)
+    assert conv.use_compiled_kernel == compiled or (as_matmul and not compiled)
+    conv.use_compiled_kernel = compiled
     loss = WeightedSum(conv, ms.Tensor(g))
     grad = ops.GradOperation(get_all=True, get_by_list=True)
     (dx,), (d_dw, d_pw) = grad(loss, ms.ParameterTuple(conv.trainable_params()))(ms.Tensor(x))

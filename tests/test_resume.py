@@ -70,8 +70,8 @@ def straight_and_resumed(small_digits, tmp_path_factory):
     second = os.path.join(resumed, "xception_small-e0002.ckpt")
     deadline = time.time() + 900
     while not os.path.exists(second) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into epoch 3
+        time.sleep(0.05)
+    time.sleep(0.2)  # into epoch 3 (an epoch of 7 steps and validation takes about a second)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert os.path.exists(second) and not os.path.exists(os.path.join(resumed, "xception_small-e0003.ckpt"))

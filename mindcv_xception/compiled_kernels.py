@@ -1,0 +1,135 @@
+"""C++ CPU kernels built on the machine that runs them, used as MindSpore custom operators.
+
+MindSpore 2.10's CPU kernels for the 3x3 depthwise convolution are slow, and so is the im2col
+(``Im2Col``) + batched matmul that replaces them (``cpu_conv``): in a training step of Xception at
+96 px, batch 32, im2col, the batched matmuls and their broadcasts took 1.06 s of 2.46 s (the
+README's profile). ``kernels/depthwise3x3.cc`` computes the same convolution directly, plane by
+plane (forward; input and weight gradients in one pass).
+
+It is compiled at first use with the machine's C++ compiler (``$CXX``, default ``g++``) for the CPU
+it runs on (``-O3 -march=native``: AVX2 or AVX-512 code, whatever this CPU has), and kept
+in ``<cache>/kernels/`` (``weights.cache_dir``) under a key made of the source, the flags, the
+compiler's version and the CPU's model and flags, so a cache shared by different machines holds
+one build per CPU. Without a compiler, or with ``MINDCV_XCEPTION_COMPILED_KERNELS=0``, the layers
+fall back to the im2col + matmul formulation and say so once in the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from typing import Dict, NamedTuple, Optional
+
+from .atomic import temporary_path
+
+logger = logging.getLogger(__name__)
+
+SWITCH_ENV = "MINDCV_XCEPTION_COMPILED_KERNELS"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "depthwise3x3.cc")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
+VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+
+
+def cpu_info() -> Dict[str, object]:
+    """The CPU model, logical CPUs and vector extensions (AVX2, AVX-512 subsets, AMX) from /proc/cpuinfo."""
+    model, flags, count = "?", set(), 0
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model, count = value.strip(), count + 1
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    vector = [f for f in VECTOR_EXTENSIONS + ("amx_tile", "amx_bf16") if f in flags]
+    return {
+        "model": model,
+        "logical_cpus": count or os.cpu_count(),
+        "vector_extensions": vector,
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "flags": sorted(flags),
+    }
+
+
+class DepthwiseKernels(NamedTuple):
+    """The compiled library and its two entry points, as ``ops.Custom`` ``func`` strings."""
+
+    library: str
+    forward: str  # (x, weight) -> y
+    backward: str  # (x, weight, dy) -> (dx, dweight)
+
+
+def _compiler_version(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    return result.stdout.splitlines()[0] if result.returncode == 0 and result.stdout else ""
+
+
+def build_key(compiler_version: str) -> str:
+    """What the library's file name depends on: source, flags, compiler version, CPU model and flags."""
+    info = cpu_info()
+    digest = hashlib.sha256()
+    with open(SOURCE, "rb") as f:
+        digest.update(f.read())
+    for part in (" ".join(FLAGS), compiler_version, str(info["model"]), " ".join(info["flags"])):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+def library_path(cache: str, key: str) -> str:
+    """Where the library built under ``key`` is kept in ``cache``."""
+    return os.path.join(cache, "kernels", f"depthwise3x3-{key}.so")
+
+
+def _build(compiler: str, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temporary_path(path, ".so")  # concurrent ranks each build their own file; the rename is atomic
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def depthwise_kernels() -> Optional[DepthwiseKernels]:
+    """The compiled depthwise kernels for this CPU (built once and cached), or None where they cannot be used.
+
+    None (logged once, with the reason) when switched off by ``MINDCV_XCEPTION_COMPILED_KERNELS=0``,
+    when MindSpore's device is not the CPU, or when no C++ compiler builds the source.
+    """
+    import ctypes
+
+    import mindspore as ms
+
+    from .weights import cache_dir
+
+    fallback = "3x3 depthwise convs run as im2col + matmul (slower)"
+    if os.environ.get(SWITCH_ENV, "1") == "0":
+        logger.info("Compiled CPU kernels switched off (%s=0): %s", SWITCH_ENV, fallback)
+        return None
+    if ms.get_context("device_target") != "CPU":
+        return None
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        logger.warning("No C++ compiler (%s) to build the CPU kernels: %s; install g++ for speed", compiler, fallback)
+        return None
+    path = library_path(cache_dir(), build_key(_compiler_version(compiler)))
+    try:
+        if not os.path.exists(path):
+            logger.info("Building the CPU kernels for this CPU: %s", path)
+            _build(compiler, path)
+        library = ctypes.CDLL(path)
+        library.Depthwise3x3Forward, library.Depthwise3x3Backward  # noqa: B018 (both symbols must be there)
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
+        logger.warning("Could not build or load the CPU kernels (%s): %s", error, fallback)
+        return None
+    return DepthwiseKernels(path, f"{path}:Depthwise3x3Forward", f"{path}:Depthwise3x3Backward")
