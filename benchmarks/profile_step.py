@@ -1,7 +1,8 @@
 """Where a training step spends its time, ours (MindSpore's profiler) against PyTorch's (torch.profiler).
 
 For one case of ``bench.py`` (default ``train_96_b32``: forward, backward and an SGD-momentum update
-of the full Xception), each network runs a warm-up step and then ``--steps`` profiled steps, and the
+of the full Xception), each network runs ``--warmup`` steps (MindSpore compiles in the first; PyTorch's
+first steps are up to 2x slower than later ones), then ``--steps`` timed and ``--steps`` profiled steps, and the
 kernels' own times are summed per kind of work (convolutions, depthwise, batch norm, ...) and per
 phase (forward, backward, optimizer). "between kernels" is the wall time of a step (timed without the
 profiler, median of ``--steps``) less the sum of its kernels' times: framework overhead, waiting and
@@ -31,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import cpu_info, make_step, parse_case, torch_parts  # noqa: E402
+from bench import CLEAN_ENV, cpu_info, make_step, parse_case, torch_parts  # noqa: E402
 
 KINDS = (
     "dense convs (1x1 pointwise, stem, shortcut)",
@@ -107,13 +108,18 @@ def _step_times(step, steps: int) -> List[float]:
     return times
 
 
-def profile_mindspore(case: str, steps: int) -> Dict[str, object]:
+def _warm_up(step, steps: int) -> None:
+    for _ in range(steps):
+        step()
+
+
+def profile_mindspore(case: str, steps: int, warmup: int) -> Dict[str, object]:
     """Per kind and phase: milliseconds per step of our network's CPU kernels, and the step's wall time."""
     import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     step = make_step("ours", case)
-    step()  # compiles
+    _warm_up(step, warmup)
     wall = float(np.median(_step_times(step, steps)))
     with tempfile.TemporaryDirectory(prefix="profile_ms_") as folder:
         profiler = ms.Profiler(output_path=folder)
@@ -154,7 +160,7 @@ def _mindspore_phases(launches: List[Tuple[int, float, str, str]], steps: int) -
     return {k: dict(v) for k, v in table.items()}
 
 
-def profile_torch(case: str, steps: int, channels_last: bool) -> Dict[str, object]:
+def profile_torch(case: str, steps: int, warmup: int, channels_last: bool) -> Dict[str, object]:
     """Per kind and phase: milliseconds per step of PyTorch's ops (self time), and the step's wall time."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -170,7 +176,7 @@ def profile_torch(case: str, steps: int, channels_last: bool) -> Dict[str, objec
             opt.step()
         loss.item()
 
-    step()
+    _warm_up(step, warmup)
     wall = float(np.median(_step_times(step, steps)))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
@@ -189,24 +195,24 @@ def profile_torch(case: str, steps: int, channels_last: bool) -> Dict[str, objec
     return {"wall_ms": wall * 1e3, "kernels": {k: dict(v) for k, v in table.items()}}
 
 
-def run_child(network: str, case: str, steps: int) -> Dict[str, object]:
+def run_child(network: str, case: str, steps: int, warmup: int) -> Dict[str, object]:
     """Profile ``network`` in a child process (one framework per process); its JSON result."""
     code = (
         "import json, sys; sys.path.insert(0, %r); import profile_step as p; "
-        "print('RESULT' + json.dumps(p.profile_one(%r, %r, %d)))"
-    ) % (os.path.dirname(os.path.abspath(__file__)), network, case, steps)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        "print('RESULT' + json.dumps(p.profile_one(%r, %r, %d, %d)))"
+    ) % (os.path.dirname(os.path.abspath(__file__)), network, case, steps, warmup)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CLEAN_ENV)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT") :])
     raise SystemExit(f"profiling {network} failed:\n{result.stderr[-3000:]}")
 
 
-def profile_one(network: str, case: str, steps: int) -> Dict[str, object]:
+def profile_one(network: str, case: str, steps: int, warmup: int) -> Dict[str, object]:
     """Profile one network in this process."""
     if network == "ours":
-        return profile_mindspore(case, steps)
-    return profile_torch(case, steps, channels_last=network == "torch_cl")
+        return profile_mindspore(case, steps, warmup)
+    return profile_torch(case, steps, warmup, channels_last=network == "torch_cl")
 
 
 def markdown(results: Dict[str, Dict[str, object]]) -> str:
@@ -240,7 +246,8 @@ def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="train_96_b32")
     parser.add_argument("--networks", default="ours,torch,torch_cl", help="ours, torch, torch_cl (comma-separated)")
-    parser.add_argument("--steps", type=int, default=3, help="profiled steps (and timed steps) after a warm-up")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled steps")
+    parser.add_argument("--warmup", type=int, default=3, help="steps before timing (the first compiles)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if parse_case(args.case)[0] != "train":
@@ -255,7 +262,7 @@ def main(argv: List[str] = None) -> None:
             except ImportError:
                 print(f"{network}: torch is not installed, skipped", flush=True)
                 continue
-        results[network] = run_child(network, args.case, args.steps)
+        results[network] = run_child(network, args.case, args.steps, args.warmup)
         print(f"{network}: step {results[network]['wall_ms']:.0f} ms", flush=True)
     if args.json:
         print(json.dumps({"case": args.case, "cpu": cpu, "networks": results}, indent=1))
