@@ -443,11 +443,11 @@ def _pipeline_cfg(data_dir: str, workers: int, batch: int):
     )
 
 
-def ours_loader(folder, cfg, epoch: int):
-    """Our training batches (``data.train_dataset``) for ``epoch``."""
+def ours_loader(folder, cfg, epoch: int, encoded=None):
+    """Our training batches (``data.train_dataset``) for ``epoch``; ``encoded=False``: PIL decodes in the source."""
     from mindcv_xception.data import train_dataset
 
-    return train_dataset(folder, cfg, epoch)[0]
+    return train_dataset(folder, cfg, epoch, encoded=encoded)[0]
 
 
 def mindcv_loader(data_dir: str, cfg):
@@ -514,10 +514,12 @@ def run_pipeline(rounds: int, images: int, batches: int, data_dir: str = "", wor
         start = time.perf_counter()
         folder = data.scan_image_folder(train_dir)
         scan[f"{label}_ms_per_image"] = round(1000 * (time.perf_counter() - start) / len(folder), 4)
-    runs: Dict[str, List[Tuple[float, float]]] = {"ours": [], "mindcv": []}
+    # ours_pil_decode: ours with every image decoded by PIL in the source (what a folder of PNGs gets)
+    runs: Dict[str, List[Tuple[float, float]]] = {"ours": [], "mindcv": [], "ours_pil_decode": []}
     for r in range(rounds):
         runs["ours"].append(time_loader(ours_loader(folder, cfg, r), batches))
         runs["mindcv"].append(time_loader(mindcv_loader(data_dir, cfg), batches))
+        runs["ours_pil_decode"].append(time_loader(ours_loader(folder, cfg, r, encoded=False), batches))
         print(
             f"pipeline round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1][1]:.1f} img/s" for n, v in runs.items()),
             file=sys.stderr,
@@ -589,6 +591,7 @@ def print_table(report: Dict) -> None:
         print(
             f"input pipeline ({p['images']} JPEGs 500x375 q90, {p['augmentation']}, batch {p['batch']}, "
             f"{p['workers']} workers): ours {p['ours_img_s']} img/s, mindcv {p['mindcv_img_s']} img/s, "
+            f"ours decoding with PIL {p['ours_pil_decode_img_s']} img/s, "
             f"ratio {p['ratio']:.2f}; first batch after {p['ours_first_batch_s']} / {p['mindcv_first_batch_s']} s; "
             f"start-up scan {p['scan']} ms per image"
         )

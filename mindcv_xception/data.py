@@ -6,6 +6,10 @@ class sub-folders (a fixed, stratified share of each class is then held out for 
 The training order is a function of (seed, epoch) only, so a resumed run sees the same batches, and
 every rank takes its own slice of one permutation. Images are decoded with PIL in the source, so an
 unreadable or corrupt file is skipped (replaced by the next image) and counted, never a crash.
+
+Training on a folder of JPEGs (ImageNet's case) takes a faster path: the source hands the files'
+bytes to MindSpore's ``RandomCropDecodeResize`` (libjpeg-turbo decodes only the random crop, in the
+pipeline's C++ threads), as mindcv's own loader does (``EncodedJpegs``).
 """
 
 from __future__ import annotations
@@ -303,6 +307,9 @@ class DecodedImages:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _load(self, path: str):
+        return decode_image(path, self.channel_order)
+
     def __getitem__(self, i: int):
         index = self.indices[i]
         valid = index >= 0
@@ -311,7 +318,7 @@ class DecodedImages:
         for attempt in range(n):
             path, label = self.folder.samples[(index + attempt) % n]
             try:
-                image = decode_image(path, self.channel_order)
+                image = self._load(path)
                 break
             except Exception:  # a corrupt file: count it and use the next image (validation: mask it out)
                 with self._lock:
@@ -325,6 +332,53 @@ class DecodedImages:
             raise DataError(f"no image in {self.folder.root} could be decoded")
         label = np.int32(label)
         return (image, label, np.float32(valid)) if self.with_valid else (image, label)
+
+
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe")
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """Whether ``data`` looks like a whole 3-component (YCbCr) JPEG: start and end markers, three components.
+
+    Cheap checks on the bytes only (no decoding): a truncated file lacks the end marker; a grey or CMYK
+    JPEG, or another format under a .jpg name, has another (or no) frame header.
+    """
+    if not data.startswith(b"\xff\xd8\xff") or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return False
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            return data[i + 9] == 3
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
+
+
+class EncodedJpegs(DecodedImages):
+    """``DecodedImages`` for a folder of JPEGs: yields each file's bytes, decoded later in the pipeline's C++ threads.
+
+    A file that fails ``_plain_jpeg`` (truncated, not a JPEG) is decoded with PIL here instead: if that
+    works (a grey or CMYK JPEG, a PNG under a .jpg name) it is handed on as a JPEG encoded again at
+    quality 95, else it is skipped (replaced by the next image) and counted, as in ``DecodedImages``.
+    A file whose markers look whole but whose data is corrupt fails in the decoder, which replaces it
+    by another sample (``ds.config.set_error_samples_mode(REPLACE)``, logged by MindSpore).
+    """
+
+    def _load(self, path: str):
+        with open(path, "rb") as f:
+            data = f.read()
+        if _plain_jpeg(data):
+            return np.frombuffer(data, np.uint8)
+        import io
+
+        out = io.BytesIO()
+        Image.fromarray(decode_image(path, "RGB")).save(out, format="JPEG", quality=95)
+        return np.frombuffer(out.getvalue(), np.uint8)
 
 
 def train_order(
@@ -363,7 +417,7 @@ def val_order(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndar
 
 
 def _without_decode(ops: list) -> list:
-    """mindcv's transform lists start by decoding bytes; our source yields decoded arrays."""
+    """mindcv's transform lists start by decoding bytes; our ``DecodedImages`` source yields decoded arrays."""
     from mindspore.dataset import vision
 
     out = []
@@ -386,8 +440,12 @@ def _erase_value(text: str):
         raise DataError(f"re_value must be an integer or 'random', got {text!r}") from None
 
 
-def train_transforms(cfg) -> list:
-    """mindcv's ImageNet training transforms (augmentation) for the recipe's settings, without the decode step."""
+def train_transforms(cfg, decoded: bool = True) -> list:
+    """mindcv's ImageNet training transforms (augmentation) for the recipe's settings.
+
+    ``decoded``: for a source of decoded images (the decode step left out); else mindcv's list as it
+    is, starting with ``RandomCropDecodeResize`` (or ``Decode``) of the encoded bytes.
+    """
     from mindcv.data import create_transforms
 
     jitter = cfg.color_jitter
@@ -412,7 +470,7 @@ def train_transforms(cfg) -> list:
         mean=cfg.mean,
         std=cfg.std,
     )
-    return _without_decode(ops)
+    return _without_decode(ops) if decoded else ops
 
 
 def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]):
@@ -424,10 +482,20 @@ def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]
     return dataset.map(operations=ops, input_columns="image", num_parallel_workers=max(1, workers))
 
 
-def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: int = 1, skip_batches: int = 0):
+def train_dataset(
+    folder: ImageFolder,
+    cfg,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    skip_batches: int = 0,
+    encoded: Optional[bool] = None,
+):
     """This rank's training batches for ``epoch`` (and the source, for its failure count).
 
     ``skip_batches`` leaves out the first batches of the epoch's order (already trained before a stop).
+    ``encoded``: decode in the pipeline (``EncodedJpegs``) or in the source with PIL
+    (``DecodedImages``); default: in the pipeline for a 3-channel model on a folder of JPEGs only.
     """
     import mindspore.dataset as ds
 
@@ -436,8 +504,16 @@ def train_dataset(folder: ImageFolder, cfg, epoch: int, rank: int = 0, world: in
     order = train_order(len(folder), epoch, cfg.seed, cfg.shuffle, rank, world, cfg.num_samples, cfg.aug_repeats)[
         skip_batches * cfg.batch_size :
     ]
-    source = DecodedImages(folder, order, channel_order="L" if cfg.in_channels == 1 else "RGB")
-    dataset = _pipeline(source, train_transforms(cfg), cfg.num_parallel_workers, ["image", "label"])
+    if encoded is None:
+        encoded = cfg.in_channels == 3 and all(p.lower().endswith(JPEG_EXTENSIONS) for p, _ in folder.samples)
+    if encoded:
+        source = EncodedJpegs(folder, order)
+        # a JPEG whose data is corrupt behind whole-looking markers fails in the decoder: use another sample
+        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+    else:
+        source = DecodedImages(folder, order, channel_order="L" if cfg.in_channels == 1 else "RGB")
+    ops = train_transforms(cfg, decoded=not encoded)
+    dataset = _pipeline(source, ops, cfg.num_parallel_workers, ["image", "label"])
     dataset = dataset.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     if cfg.mixup > 0 or cfg.cutmix > 0:
         from mindcv.data.mixup import Mixup

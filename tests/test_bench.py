@@ -89,6 +89,7 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
     assert all(case[f"{n}_img_s"] > 0 for n in networks.split(","))
     pipeline = report["pipeline"]
     assert pipeline["images"] == 64 and pipeline["ours_img_s"] > 0 and pipeline["mindcv_img_s"] > 0
+    assert pipeline["ours_pil_decode_img_s"] > 0
     assert {"first_ms_per_image", "again_ms_per_image"} <= pipeline["scan"].keys()
 
 
@@ -98,3 +99,69 @@ def _installed(module):
     except ImportError:
         return False
     return True
+
+
+def test_profile_puts_kernels_after_the_steps_first_gradient_kernel_in_the_backward_pass():
+    import profile_step
+
+    def launches(t0):
+        return [
+            (t0 + 0, 3.0, "Default/net/conv-MatmulConv2d/Conv2D-op1", "Conv2D"),
+            (t0 + 10, 1.0, "Default/net/conv-SeparableConv2d/Custom-op2", "Custom"),  # forward kernel
+            (t0 + 20, 5.0, "Gradients/Default/net/Grad_Conv2D/Conv2DBackpropInput-op3", "Conv2DBackpropInput"),
+            # a custom operator's bprop carries no "Gradients/" scope: placed by its launch time
+            (t0 + 30, 2.0, "Default/net/conv-SeparableConv2d/Custom-op4", "Custom"),
+            (t0 + 40, 0.5, "Default/optimizer-Momentum/ApplyMomentum-op5", "ApplyMomentum"),
+        ]
+
+    table = profile_step._mindspore_phases(launches(0) + launches(100), steps=2)
+    dense, depthwise, optimizer = profile_step.KINDS[0], profile_step.KINDS[1], profile_step.KINDS[8]
+    assert table[dense] == {"forward": 3.0, "backward": 5.0}
+    assert table[depthwise] == {"forward": 1.0, "backward": 2.0}
+    assert table[optimizer] == {"optimizer": 0.5}
+
+
+def test_profile_tells_pytorchs_depthwise_convs_by_their_weight_shape():
+    import profile_step
+
+    dense, depthwise = profile_step.KINDS[0], profile_step.KINDS[1]
+    assert profile_step.torch_kind("aten::mkldnn_convolution", [[32, 728, 6, 6], [728, 1, 3, 3], []]) == depthwise
+    assert profile_step.torch_kind(
+        "aten::convolution_backward", [[32, 728, 6, 6], [32, 728, 6, 6], [728, 1, 3, 3]]
+    ) == (depthwise)
+    assert profile_step.torch_kind("aten::mkldnn_convolution", [[32, 728, 6, 6], [728, 728, 1, 1], []]) == dense
+    assert profile_step.torch_kind("aten::mkldnn_convolution", [[32, 3, 96, 96], [32, 3, 3, 3], []]) == dense
+    assert profile_step.torch_kind("aten::native_batch_norm", []) == profile_step.KINDS[3]
+
+
+@pytest.mark.slow
+def test_profile_smoke_run_breaks_a_training_step_down_by_kind_of_work():
+    import json
+
+    from helpers import run_script
+
+    networks = "ours,torch" if _installed("torch") else "ours"
+    code, out, err = run_script(
+        [
+            "benchmarks/profile_step.py",
+            "--case",
+            "train_71_b2",
+            "--networks",
+            networks,
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+        ],
+        timeout=600,
+    )
+    assert code == 0, err[-2000:]
+    report = json.loads(out[out.index("{") :])
+    for network in networks.split(","):
+        result = report["networks"][network]
+        kernels = result["kernels"]
+        dense, depthwise = kernels["dense convs (1x1 pointwise, stem, shortcut)"], kernels["depthwise 3x3 convs"]
+        assert dense["forward"] > 0 and dense["backward"] > 0
+        assert depthwise["forward"] > 0 and depthwise["backward"] > 0
+        assert result["wall_ms"] > 0

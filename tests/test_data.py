@@ -242,3 +242,121 @@ def test_corrupt_validation_image_is_masked_out_not_replaced_by_a_duplicate(tmp_
     source = DecodedImages(folder, range(len(folder)), with_valid=True)
     valid = [source[i][2] for i in range(len(source))]
     assert valid == [1.0, 0.0, 1.0] and source.failures == [path]
+
+
+# ---- folders of JPEGs: the files' bytes go to MindSpore's RandomCropDecodeResize ----
+
+
+def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95, **kwargs)
+    return out.getvalue()
+
+
+def test_a_whole_rgb_jpeg_is_told_from_truncated_grey_cmyk_and_other_files():
+    from helpers import sample_photos
+    from mindcv_xception.data import _plain_jpeg
+
+    photo = sample_photos()[1]
+    whole = _jpeg_bytes(photo)
+    assert _plain_jpeg(whole)
+    assert _plain_jpeg(_jpeg_bytes(photo, progressive=True))
+    assert not _plain_jpeg(whole[: len(whole) // 2])  # truncated: no end marker
+    assert not _plain_jpeg(_jpeg_bytes(photo.convert("L")))
+    assert not _plain_jpeg(_jpeg_bytes(photo.convert("CMYK")))
+    png = __import__("io").BytesIO()
+    photo.save(png, format="PNG")
+    assert not _plain_jpeg(png.getvalue())
+
+
+def _jpeg_folder(root, per_class=4):
+    from helpers import sample_photos
+
+    for c, photo in enumerate(sample_photos()[:2]):
+        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
+        for i in range(per_class):
+            square = photo.crop((i * 10, i * 10, i * 10 + 200, i * 10 + 200)).resize((96, 96))
+            square.save(os.path.join(root, f"c{c}", f"{i}.jpg"), quality=95)
+
+
+def test_jpeg_source_hands_on_bytes_and_re_encodes_grey_jpegs_and_skips_broken_ones(tmp_path):
+    from mindcv_xception.data import EncodedJpegs
+
+    _jpeg_folder(str(tmp_path))
+    grey, broken = str(tmp_path / "c0" / "1.jpg"), str(tmp_path / "c0" / "2.jpg")
+    Image.open(grey).convert("L").save(grey, quality=95)
+    data = open(broken, "rb").read()
+    open(broken, "wb").write(data[: len(data) // 2])  # the header survives, half the pixels do not
+    folder = scan_image_folder(str(tmp_path))
+    source = EncodedJpegs(folder, range(len(folder)))
+    items = [source[i][0] for i in range(len(source))]
+    assert source.failures == [broken]
+    assert all(item.dtype == np.uint8 and item.ndim == 1 for item in items)  # encoded bytes, never pixels
+    regrey = Image.open(__import__("io").BytesIO(items[[p for p, _ in folder.samples].index(grey)].tobytes()))
+    assert regrey.mode == "RGB" and regrey.size == (96, 96)
+
+
+def _batches(folder_root, *flags):
+    from mindcv_xception.config import parse_config
+    from mindcv_xception.data import train_dataset
+
+    cfg = parse_config(
+        [
+            "--data_dir",
+            folder_root,
+            "--image_resize",
+            "96",
+            "--batch_size",
+            "8",
+            "--num_parallel_workers",
+            "1",
+            "--hflip",
+            "0",
+            "--scale",
+            "1",
+            "1",
+            "--ratio",
+            "1",
+            "1",
+            "--re_prob",
+            "0",
+            "--color_jitter",
+            "0",
+            "--shuffle",
+            "False",
+            *flags,
+        ]
+    )
+    folder = scan_image_folder(folder_root)
+    dataset, source = train_dataset(folder, cfg, epoch=0)
+    return [b[0] for b in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)], source
+
+
+def test_jpeg_folder_trains_on_the_same_pixels_as_decoding_them_first(tmp_path, monkeypatch):
+    from mindcv_xception import data
+
+    _jpeg_folder(str(tmp_path))
+    encoded, source = _batches(str(tmp_path))
+    assert isinstance(source, data.EncodedJpegs)
+    monkeypatch.setattr(data, "JPEG_EXTENSIONS", (".none",))  # the decoded path, as for PNG folders
+    decoded, source = _batches(str(tmp_path))
+    assert type(source) is data.DecodedImages
+    assert len(encoded) == len(decoded) == 1 and encoded[0].shape == decoded[0].shape == (8, 3, 96, 96)
+    # the whole image either way (scale 1, ratio 1); libjpeg-turbo and PIL's IDCT differ by a level or so
+    diff = np.abs(encoded[0] - decoded[0]) * 58.0  # normalised by ImageNet's std (about 58 levels)
+    assert diff.mean() < 1.0 and diff.max() < 12
+
+
+def test_a_jpeg_corrupt_behind_whole_markers_does_not_stop_training(tmp_path):
+    _jpeg_folder(str(tmp_path))
+    path = str(tmp_path / "c1" / "3.jpg")
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"\xff\xda")  # start of scan: garble the entropy-coded data, keep the end marker
+    data[start + 20 : len(data) - 2] = bytes([0xFF, 0x00, 0xD0]) * ((len(data) - 22 - start) // 3) + bytes(
+        (len(data) - 22 - start) % 3
+    )
+    open(path, "wb").write(bytes(data))
+    batches, _ = _batches(str(tmp_path))
+    assert len(batches) == 1 and batches[0].shape == (8, 3, 96, 96) and np.isfinite(batches[0]).all()
