@@ -232,7 +232,7 @@ def markdown(results: Dict[str, Dict[str, object]]) -> str:
         rows.append(f"| {kind} | " + " | ".join(cells) + " |")
     rows.append("| **kernels, total** | " + " | ".join(f"{f:.0f} | {b:.0f}" for f, b in totals.values()) + " |")
     walls = [results[n]["wall_ms"] for n in names]
-    rows.append("| **step (wall)** | " + " | ".join(f"{w:.0f} (both) | " for w in walls) + " |")
+    rows.append("| **step (wall), forward + backward** | " + " | ".join(f"{w:.0f} | " for w in walls) + " |")
     rows.append(
         "| between kernels (wall - kernels) | "
         + " | ".join(f"{w - sum(totals[n]):.0f} | " for n, w in zip(names, walls))
