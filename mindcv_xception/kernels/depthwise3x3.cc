@@ -44,11 +44,11 @@ void parallel_for(int64_t count, Work work) {
   for (auto& helper : helpers) helper.join();
 }
 
-// dst: (h + 2) x (w + 2) floats, src in the middle, zeros around (and 2 spare zeros after: see correlate)
+// dst: (h + 2) x (w + 2) floats, src in the middle, zeros around (and 2 spare zeros after: see correlate).
+// Only the middle is written: dst comes zeroed (a std::vector's initial value), and its border stays so.
 template <typename T>
 void pad_plane(const T* src, int64_t h, int64_t w, float* dst) {
   const int64_t pw = w + 2;
-  std::memset(dst, 0, sizeof(float) * (pw * (h + 2) + 2));
   for (int64_t y = 0; y < h; ++y) {
     float* row = dst + (y + 1) * pw + 1;
     const T* from = src + y * w;
