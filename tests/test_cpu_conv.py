@@ -41,9 +41,13 @@ def test_depthwise_as_matmul_equals_grouped_conv(shape, chunk_bytes, monkeypatch
 
 @pytest.fixture
 def kernels():
-    """The depthwise kernels compiled for this CPU (the test machine has g++)."""
+    """The depthwise kernels compiled for this CPU; skipped on a machine without a C++ compiler."""
+    import shutil
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler here: the layers use the im2col fallback, tested on its own")
     kernels = compiled_kernels.depthwise_kernels()
-    assert kernels is not None, "g++ is part of the test machine: the compiled kernels must build"
+    assert kernels is not None, "a C++ compiler is installed: the compiled kernels must build"
     return kernels
 
 
@@ -117,7 +121,7 @@ def test_compiled_kernels_can_be_switched_off(monkeypatch):
         compiled_kernels.depthwise_kernels.cache_clear()
 
 
-def test_the_kernel_library_is_built_once_per_cpu(monkeypatch, tmp_path):
+def test_the_kernel_library_is_built_once_per_cpu(kernels, monkeypatch, tmp_path):
     monkeypatch.setenv("MINDCV_XCEPTION_CACHE", str(tmp_path))
     builds = []
     real_build = compiled_kernels._build
@@ -240,7 +244,9 @@ def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel
     [(False, False, None), (True, True, None), (True, False, None), (True, False, 2)],
     ids=["native", "compiled_kernel", "im2col_matmul", "im2col_matmul_in_batch_chunks"],
 )
-def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, compiled, images_per_chunk, monkeypatch):
+def test_separable_conv_gradients_match_a_numpy_reference(as_matmul, compiled, images_per_chunk, monkeypatch, request):
+    if compiled:
+        request.getfixturevalue("kernels")  # skipped without a C++ compiler
     if images_per_chunk:  # chunks of 2, 1 images: the columns' budget of 2 images of (6, 10, 9)
         monkeypatch.setattr(cpu_conv, "DEPTHWISE_CHUNK_BYTES", images_per_chunk * 9 * 6 * 10 * 9 * 4)
     rng = np.random.default_rng(0)
