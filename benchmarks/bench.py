@@ -94,9 +94,11 @@ def build(network: str, kind: str):
         if network == "ours_native_convs":
             set_matmul_convs(net, False)
         for _, cell, attribute in matmul_conv_switches(net):
-            if attribute == "depthwise_as_matmul" and network == "ours_grouped_dw":  # only the depthwise step native
+            if attribute != "depthwise_as_matmul":
+                continue
+            if network == "ours_grouped_dw":  # only the depthwise step native
                 setattr(cell, attribute, False)
-            if attribute == "depthwise_as_matmul" and network == "ours_im2col_dw":
+            elif network == "ours_im2col_dw":
                 cell.use_compiled_kernel = False
         if kind == "infer" and network != "ours_unfolded_bn":
             return inference_network(net)

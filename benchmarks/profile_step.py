@@ -74,7 +74,7 @@ def mindspore_kind(op_type: str) -> str:
     """The kind of work of a MindSpore CPU kernel, by its op type."""
     if op_type in MINDSPORE_KINDS:
         return KINDS[MINDSPORE_KINDS[op_type]]
-    if any(op_type.startswith(name) for name in CLASSIFIER_OPS) or "Softmax" in op_type or "Dropout" in op_type:
+    if op_type.startswith(CLASSIFIER_OPS) or "Softmax" in op_type or "Dropout" in op_type:  # SparseSoftmax...
         return KINDS[7]
     return KINDS[9]
 
@@ -92,9 +92,8 @@ def torch_kind(name: str, shapes: List[List[int]]) -> str:
         return KINDS[5]
     if name in ("aten::add", "aten::add_"):
         return KINDS[6]
-    if any(k in name for k in ("linear", "addmm", "aten::mm", "softmax", "nll_loss", "cross_entropy", "dropout")):
-        return KINDS[7]
-    if any(k in name for k in ("bernoulli", "aten::mean", "aten::sum", "mul")):
+    classifier = ("linear", "addmm", "aten::mm", "softmax", "nll_loss", "cross_entropy", "dropout", "bernoulli")
+    if any(k in name for k in classifier + ("aten::mean", "aten::sum", "mul")):
         return KINDS[7]
     return KINDS[9]
 

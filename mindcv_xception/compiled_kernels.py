@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 SWITCH_ENV = "MINDCV_XCEPTION_COMPILED_KERNELS"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "depthwise3x3.cc")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
-VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+VECTOR_EXTENSIONS = (
+    "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"
+)  # fmt: skip
 
 
 def cpu_info() -> Dict[str, object]:
@@ -46,7 +48,7 @@ def cpu_info() -> Dict[str, object]:
                     model, count = value.strip(), count + 1
                 elif key == "flags" and not flags:
                     flags = set(value.split())
-    vector = [f for f in VECTOR_EXTENSIONS + ("amx_tile", "amx_bf16") if f in flags]
+    vector = [f for f in VECTOR_EXTENSIONS if f in flags]
     return {
         "model": model,
         "logical_cpus": count or os.cpu_count(),

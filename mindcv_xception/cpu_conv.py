@@ -162,11 +162,12 @@ class SeparableConv2d(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         if self.depthwise_as_matmul:
-            # the explicit casts keep mixed precision outside the custom backward (training_step.apply_amp)
+            # the explicit cast keeps mixed precision outside the custom backward (training_step.apply_amp)
+            weight = self.depthwise.weight.astype(x.dtype)
             if self.use_compiled_kernel:
-                x = self.depthwise_compiled(x, self.depthwise.weight.astype(x.dtype))
+                x = self.depthwise_compiled(x, weight)
             else:
-                x = self.depthwise_matmul(x, self.depthwise.weight.astype(x.dtype))
+                x = self.depthwise_matmul(x, weight)
         else:
             x = self.depthwise(x)
         return self.pointwise(x)
