@@ -69,10 +69,17 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def _copy_conv_formulations(source: Xception, target: Xception) -> None:
-    """Give ``target``'s convs the matmul / native choice of ``source``'s (e.g. after ``set_matmul_convs``)."""
-    chosen = {name: getattr(cell, attribute) for name, cell, attribute in matmul_conv_switches(source)}
+    """Give ``target``'s convs the formulations of ``source``'s: matmul or native (e.g. after
+    ``set_matmul_convs``) and, for the depthwise step, compiled kernel or im2col (``use_compiled_kernel``)."""
+    chosen = {
+        name: (getattr(cell, attribute), getattr(cell, "use_compiled_kernel", None))
+        for name, cell, attribute in matmul_conv_switches(source)
+    }
     for name, cell, attribute in matmul_conv_switches(target):
-        setattr(cell, attribute, chosen[name])
+        as_matmul, compiled = chosen[name]
+        setattr(cell, attribute, as_matmul)
+        if compiled is not None:
+            cell.use_compiled_kernel = compiled
 
 
 def inference_network(net: Xception) -> Xception:

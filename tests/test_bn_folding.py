@@ -67,6 +67,16 @@ def test_inference_network_keeps_the_conv_formulation_of_the_network(as_matmul):
     assert set(flags) == {as_matmul}
 
 
+def test_inference_network_keeps_the_depthwise_step_on_im2col_when_the_network_has_it():
+    net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
+    separable = [cell for _, cell, attribute in matmul_conv_switches(net) if attribute == "depthwise_as_matmul"]
+    for cell in separable:
+        cell.use_compiled_kernel = False
+    fast = inference_network(net)
+    chosen = [cell.use_compiled_kernel for _, cell, a in matmul_conv_switches(fast) if a == "depthwise_as_matmul"]
+    assert len(chosen) == len(separable) and not any(chosen)
+
+
 def test_inference_network_leaves_the_trained_network_untouched():
     net = create_model("xception_small", num_classes=3)
     randomise_batch_norms(net)
