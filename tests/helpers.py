@@ -21,6 +21,8 @@ CPU_RECIPE = os.path.join(REPO, "configs", "xception", "xception_cpu.yaml")
 # one loader thread, classes from the folders (tests/test_recipes.py, tests/test_mindcv_keys.py)
 ON_THIS_MACHINE = "--num_classes 0 --model xception_small --middle_depth 1 --image_resize 71 --batch_size 8 \
 --num_parallel_workers 1".split()
+# no random crop or flip: every training image is the whole image, as it is
+WHOLE_IMAGES = ["--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1"]
 # a quick version of the CPU recipe: a shallow middle flow, small batches, one loader thread
 QUICK = [
     "--middle_depth",

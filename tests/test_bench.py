@@ -8,6 +8,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
+from bench import installed  # noqa: E402
+
 
 def test_the_pytorch_xception_has_our_parameter_counts_and_stage_shapes():
     torch = pytest.importorskip("torch")
@@ -60,7 +62,7 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
     from helpers import run_script
 
     pytest.importorskip("onnxruntime")
-    networks = "onnxruntime,torch" if _installed("torch") else "onnxruntime"
+    networks = "onnxruntime,torch" if installed("torch") else "onnxruntime"
     code, out, err = run_script(
         [
             "benchmarks/bench.py",
@@ -91,14 +93,6 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
     assert pipeline["images"] == 64 and pipeline["ours_img_s"] > 0 and pipeline["mindcv_img_s"] > 0
     assert pipeline["ours_pil_decode_img_s"] > 0
     assert {"first_ms_per_image", "again_ms_per_image"} <= pipeline["scan"].keys()
-
-
-def _installed(module):
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def test_profile_puts_kernels_after_the_steps_first_gradient_kernel_in_the_backward_pass():
@@ -140,7 +134,7 @@ def test_profile_smoke_run_breaks_a_training_step_down_by_kind_of_work():
 
     from helpers import run_script
 
-    networks = "ours,torch" if _installed("torch") else "ours"
+    networks = "ours,torch" if installed("torch") else "ours"
     code, out, err = run_script(
         [
             "benchmarks/profile_step.py",

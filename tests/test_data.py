@@ -299,6 +299,7 @@ def test_jpeg_source_hands_on_bytes_and_re_encodes_grey_jpegs_and_skips_broken_o
 
 
 def _batches(folder_root, *flags):
+    from helpers import WHOLE_IMAGES
     from mindcv_xception.config import parse_config
     from mindcv_xception.data import train_dataset
 
@@ -312,14 +313,7 @@ def _batches(folder_root, *flags):
             "8",
             "--num_parallel_workers",
             "1",
-            "--hflip",
-            "0",
-            "--scale",
-            "1",
-            "1",
-            "--ratio",
-            "1",
-            "1",
+            *WHOLE_IMAGES,
             "--re_prob",
             "0",
             "--color_jitter",

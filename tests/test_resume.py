@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from helpers import CPU_RECIPE, QUICK, REPO, run_script
+from helpers import CPU_RECIPE, QUICK, REPO, WHOLE_IMAGES, run_script
 from mindcv_xception.checkpoint import CheckpointManager
 from mindcv_xception.digits import make_digits_folder
 from mindcv_xception.loading import CheckpointError, checkpoint_meta, read_checkpoint
@@ -29,14 +29,7 @@ RUN = [
     "True",
     "--ema_decay",
     "0.9",
-    "--hflip",
-    "0",
-    "--scale",
-    "1",
-    "1",
-    "--ratio",
-    "1",
-    "1",
+    *WHOLE_IMAGES,
 ]
 
 
