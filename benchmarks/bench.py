@@ -63,7 +63,7 @@ ASCEND_RECIPE = os.path.join(
 # shortcut convs still as matmuls; the depthwise step as im2col + matmul (what runs where no C++
 # compiler builds the compiled kernel); and, for inference only, without BatchNorm folding (training
 # never folds: there it would be ``ours`` timed twice).
-EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_im2col_dw", "ours_unfolded_bn")
+EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_im2col_dw", "ours_image_major", "ours_unfolded_bn")
 INFERENCE_ONLY = ("ours_unfolded_bn",)
 
 
@@ -87,10 +87,12 @@ def build(network: str, kind: str):
     import mindcv_xception  # noqa: F401  (registers ours)
     from mindcv_xception import Xception
     from mindcv_xception.bn_folding import inference_network
-    from mindcv_xception.cpu_conv import matmul_conv_switches, set_matmul_convs
+    from mindcv_xception.cpu_conv import matmul_conv_switches, set_channel_major, set_matmul_convs
 
     if network.startswith("ours"):
         net = Xception(drop_rate=0.5)
+        if network in ("ours_native_convs", "ours_grouped_dw", "ours_im2col_dw", "ours_image_major"):
+            set_channel_major(net, False)  # the (N, C, H, W) layout throughout (the others need it)
         if network == "ours_native_convs":
             set_matmul_convs(net, False)
         for _, cell, attribute in matmul_conv_switches(net):

@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .cpu_conv import MatmulConv2d, matmul_conv_switches
+from .cpu_conv import MatmulConv2d, matmul_conv_switches, set_channel_major
 from .network import ConvBnRelu, SepConvBn, Xception, XceptionBlock
 
 __all__ = ["inference_network", "fold_batch_norm"]
@@ -70,7 +70,8 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _copy_conv_formulations(source: Xception, target: Xception) -> None:
     """Give ``target``'s convs the formulations of ``source``'s: matmul or native (e.g. after
-    ``set_matmul_convs``) and, for the depthwise step, compiled kernel or im2col (``use_compiled_kernel``)."""
+    ``set_matmul_convs``) and, for the depthwise step, compiled kernel or im2col (``use_compiled_kernel``).
+    (The layout, ``channel_major``, is set once the BatchNorms are folded.)"""
     chosen = {
         name: (getattr(cell, attribute), getattr(cell, "use_compiled_kernel", None))
         for name, cell, attribute in matmul_conv_switches(source)
@@ -86,7 +87,8 @@ def inference_network(net: Xception) -> Xception:
     """An exact, eval-mode, faster copy of ``net`` for validation, inference and export.
 
     Every BatchNorm is folded into the convolution before it (stem convs, pointwise convs,
-    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation. The copy's
+    shortcut convs); each conv keeps ``net``'s choice of matmul or native formulation, and the
+    network its layout (``channel_major``). The copy's
     folded convs have biases, so its parameter names differ from ``net``'s where a BatchNorm was
     folded: keep checkpoints of ``net``, build this from them.
     """
@@ -105,6 +107,7 @@ def inference_network(net: Xception) -> Xception:
         elif isinstance(cell, XceptionBlock) and cell.downsample:
             conv, bn = cell.shortcut[0], cell.shortcut[1]
             cell.shortcut = nn.SequentialCell([_folded_conv(conv, bn)])
+    set_channel_major(fast, net.channel_major)  # also for the folded convs made above
     for name, param in fast.parameters_and_names():
         param.name = name  # the folded convs' parameters are named after their place (export needs unique names)
     fast.set_train(False)

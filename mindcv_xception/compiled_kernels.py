@@ -59,12 +59,17 @@ def cpu_info() -> Dict[str, object]:
     }
 
 
+ENTRY_POINTS = ("Depthwise3x3Forward", "Depthwise3x3Backward", "Depthwise3x3ForwardCNHW", "Depthwise3x3BackwardCNHW")
+
+
 class DepthwiseKernels(NamedTuple):
-    """The compiled library and its two entry points, as ``ops.Custom`` ``func`` strings."""
+    """The compiled library and its entry points, as ``ops.Custom`` ``func`` strings."""
 
     library: str
-    forward: str  # (x, weight) -> y
-    backward: str  # (x, weight, dy) -> (dx, dweight)
+    forward: str  # (x, weight) -> y, NCHW
+    backward: str  # (x, weight, dy) -> (dx, dweight), NCHW
+    forward_cnhw: str  # the same in the channel-major (C, N, H, W) layout
+    backward_cnhw: str
 
 
 def _compiler_version(compiler: str) -> str:
@@ -130,8 +135,9 @@ def depthwise_kernels() -> Optional[DepthwiseKernels]:
             logger.info("Building the CPU kernels for this CPU: %s", path)
             _build(compiler, path)
         library = ctypes.CDLL(path)
-        library.Depthwise3x3Forward, library.Depthwise3x3Backward  # noqa: B018 (both symbols must be there)
+        for symbol in ENTRY_POINTS:
+            getattr(library, symbol)  # every entry point must be there
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         logger.warning("Could not build or load the CPU kernels (%s): %s", error, fallback)
         return None
-    return DepthwiseKernels(path, f"{path}:Depthwise3x3Forward", f"{path}:Depthwise3x3Backward")
+    return DepthwiseKernels(path, *(f"{path}:{symbol}" for symbol in ENTRY_POINTS))

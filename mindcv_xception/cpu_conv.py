@@ -16,6 +16,13 @@ parameters, as unfold (im2col) and one batched matmul:
 Each switches between its matmul formulation and MindSpore's native kernel (``set_matmul_convs``);
 the default is the matmul one on CPU only (``matmul_convs_default``). Parameter names and shapes are
 those of ``nn.Conv2d`` either way, so checkpoints and the Keras weight mapping do not depend on it.
+
+The channel-major layout (``set_channel_major``): on CPU the network after its stem keeps activations
+as (C, N, H, W) instead of (N, C, H, W). A 1x1 conv or a BatchNorm then sees the whole batch as one
+tall image, ``(1, C, N*H, W)`` (a free reshape): the same numbers, but MindSpore's 1x1 conv kernel is
+much faster on one tall plane than on many small ones (Xception's middle flow at 96 px is 6x6 a
+plane: README, "What was tried"). The depthwise kernel, max-pooling (each (c, n) plane is still an
+image) and element-wise ops need no change; the strided shortcut slices rows and columns per image.
 """
 
 from __future__ import annotations
@@ -123,20 +130,49 @@ def _input_and_weight(x, weight, dy):
     return x, weight
 
 
-def compiled_depthwise_3x3(kernels: DepthwiseKernels) -> ops.Custom:
+def compiled_depthwise_3x3(kernels: DepthwiseKernels, channel_major: bool = False) -> ops.Custom:
     """The 3x3 stride-1 depthwise conv (zero padding 1) as an operator on the C++ kernel built for this CPU.
 
     ``op(x, weight)`` equals ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float
-    summation order. Its backward pass computes the input and weight gradients in one kernel call
-    and keeps nothing from the forward pass but its input. Inputs are float32 or float16 (mixed
-    precision; computed in float32), both of one type.
+    summation order; with ``channel_major``, ``x`` and the result are (C, N, H, W) instead. Its
+    backward pass computes the input and weight gradients in one kernel call and keeps nothing from
+    the forward pass but its input. Inputs are float32 or float16 (mixed precision; computed in
+    float32), both of one type.
     """
-    backward = ops.Custom(kernels.backward, _input_and_weight, _input_and_weight, func_type="aot")
+    forward, backward = (kernels.forward_cnhw, kernels.backward_cnhw) if channel_major else kernels[1:3]
+    backward_op = ops.Custom(backward, _input_and_weight, _input_and_weight, func_type="aot")
 
     def bprop(x, weight, out, dout):
-        return backward(x, weight, dout)
+        return backward_op(x, weight, dout)
 
-    return ops.Custom(kernels.forward, _same_shape, _same_shape, func_type="aot", bprop=bprop)
+    return ops.Custom(forward, _same_shape, _same_shape, func_type="aot", bprop=bprop)
+
+
+def _as_one_image(x: Tensor) -> Tensor:
+    """A channel-major (C, N, H, W) tensor viewed as one image, (1, C, N*H, W), for 1x1 convs and BatchNorm."""
+    c, n, h, w = x.shape
+    return x.reshape(1, c, n * h, w)
+
+
+def _per_image(x: Tensor, n: int) -> Tensor:
+    """``_as_one_image``'s inverse, for ``n`` images (the channel count may have changed)."""
+    _, c, nh, w = x.shape
+    return x.reshape(c, n, nh // n, w)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters) that also takes channel-major (C, N, H, W) input (``channel_major``).
+
+    The statistics are per channel over all images and pixels either way; channel-major input is
+    normalised as one (1, C, N*H, W) image, each channel one contiguous block.
+    """
+
+    channel_major = False
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.channel_major:
+            return _per_image(super().construct(_as_one_image(x)), x.shape[1])
+        return super().construct(x)
 
 
 class SeparableConv2d(nn.Cell):
@@ -159,8 +195,13 @@ class SeparableConv2d(nn.Cell):
         kernels = depthwise_kernels() if depthwise_as_matmul else None
         self.use_compiled_kernel = kernels is not None
         self.depthwise_compiled = compiled_depthwise_3x3(kernels) if kernels is not None else None
+        self.depthwise_compiled_cnhw = compiled_depthwise_3x3(kernels, True) if kernels is not None else None
+        self.channel_major = False
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.channel_major:  # (C, N, H, W): the compiled kernel, then the 1x1 conv on one tall image
+            x = self.depthwise_compiled_cnhw(x, self.depthwise.weight.astype(x.dtype))
+            return _per_image(self.pointwise(_as_one_image(x)), x.shape[1])
         if self.depthwise_as_matmul:
             # the explicit cast keeps mixed precision outside the custom backward (training_step.apply_amp)
             weight = self.depthwise.weight.astype(x.dtype)
@@ -200,9 +241,10 @@ class MatmulConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid", has_bias=has_bias, **kwargs
         )
         self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
+        self.channel_major = False  # (C, N, H, W) input and output; 1x1 convs only
 
     def construct(self, x: Tensor) -> Tensor:
-        if not self.as_matmul:
+        if not self.as_matmul and not self.channel_major:
             return super().construct(x)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -210,6 +252,9 @@ class MatmulConv2d(nn.Conv2d):
         # parameters cast to the input's type: under mixed precision (Cell.to_float) only inputs are cast
         weight = self.weight.astype(x.dtype)
         bias = self.bias.astype(x.dtype) if self.has_bias else None
+        if self.channel_major:  # (C, N, H, W): every sh-th row and sw-th column of each image, as one tall image
+            x = x[:, :, ::sh, ::sw]
+            return _per_image(ops.conv2d(_as_one_image(x), weight, bias), x.shape[1])
         if kh == 1 and kw == 1:
             # a strided 1x1 conv is a 1x1 conv of every sh-th row and sw-th column
             return ops.conv2d(x[:, :, ::sh, ::sw], weight, bias)
@@ -231,7 +276,38 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
     """Switch every conv of ``net`` between its matmul formulation and MindSpore's native kernel.
 
     The parameters are the same either way; only the computation changes (e.g. for ONNX export,
-    which has no Im2Col). Call before the network is compiled, or clear its ``compile_cache``.
+    which has no Im2Col). The native kernels take the usual (N, C, H, W) layout: switching to them
+    also leaves the channel-major layout; switching back does not restore it (``set_channel_major``).
+    Call before the network is compiled, or clear its ``compile_cache``.
     """
+    if not as_matmul:
+        set_channel_major(net, False)
     for _, cell, attribute in matmul_conv_switches(net):
         setattr(cell, attribute, as_matmul)
+
+
+def channel_major_possible(net: nn.Cell) -> bool:
+    """Whether ``net`` can run in the channel-major layout: every separable conv has its compiled kernel."""
+    separable = [cell for _, cell in net.cells_and_names() if isinstance(cell, SeparableConv2d)]
+    return bool(separable) and all(cell.depthwise_as_matmul and cell.use_compiled_kernel for cell in separable)
+
+
+def set_channel_major(net: nn.Cell, channel_major: bool) -> None:
+    """Run ``net`` (every cell with a ``channel_major`` switch) in the channel-major layout, or not.
+
+    Same parameters and results either way (up to float summation order); see the module docstring.
+    Cells marked ``image_major_only`` (the stem, before the layout change) are left as they are.
+    The layout needs the compiled depthwise kernel (``channel_major_possible``). Call before the
+    network is compiled, or clear its ``compile_cache``.
+    """
+    if channel_major and not channel_major_possible(net):
+        raise ValueError(
+            "the channel-major layout needs the compiled depthwise kernel in every separable conv "
+            "(CPU, a C++ compiler, MINDCV_XCEPTION_COMPILED_KERNELS not 0)"
+        )
+    cells = list(net.cells_and_names())
+    # cells that always take (N, C, H, W) input (the stem) keep it, with everything inside them
+    image_major = [name + "." for name, cell in cells if getattr(cell, "image_major_only", False)]
+    for name, cell in cells:
+        if hasattr(cell, "channel_major") and not any(name.startswith(prefix) for prefix in image_major):
+            cell.channel_major = channel_major

@@ -23,7 +23,14 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from mindspore import Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from .cpu_conv import MatmulConv2d, SeparableConv2d
+from .cpu_conv import (
+    BatchNorm2d,
+    MatmulConv2d,
+    SeparableConv2d,
+    channel_major_possible,
+    matmul_convs_default,
+    set_channel_major,
+)
 
 MIN_INPUT_SIZE = 71  # below this the exit flow's feature map would vanish (Keras has the same floor)
 
@@ -70,7 +77,7 @@ def xception_blocks(widths: XceptionWidths, middle_depth: int = 8) -> Dict[str, 
 
 
 def _batch_norm(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    return BatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
 class SepConvBn(nn.Cell):
@@ -130,6 +137,8 @@ class XceptionBlock(nn.Cell):
 
 class ConvBnRelu(nn.Cell):
     """A plain 'valid' conv, BN and ReLU (the stem's layers)."""
+
+    image_major_only = True  # the stem runs before the network changes to the channel-major layout
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float, momentum: float) -> None:
         super().__init__()
@@ -241,6 +250,9 @@ class Xception(nn.Cell):
             self.num_classes = num_classes
             self.classifier = self._make_classifier(num_classes)
         self._init_weights()
+        # after the stem, activations are (C, N, H, W) on CPU where the compiled depthwise kernel runs
+        self.channel_major = False
+        set_channel_major(self, matmul_convs_default() and channel_major_possible(self))
 
     @property
     def feature_channels(self) -> List[int]:
@@ -302,15 +314,19 @@ class Xception(nn.Cell):
                 f"pixels, got {x.shape[2]}x{x.shape[3]}; resize the input"
             )
 
+    def _to_layout(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) to the layout the flows run in (``channel_major``: (C, N, H, W)), and back."""
+        return x.transpose(1, 0, 2, 3) if self.channel_major else x
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem, entry, middle and exit flow: the (N, num_features, H/32, W/32) feature map."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self._to_layout(self.stem(x))
         for block in self.entry_flow:
             x = block(x)
         x = self.middle_flow(x)
         x = self.exit_flow(x)
-        return self.exit_tail(x)
+        return self._to_layout(self.exit_tail(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global pool, dropout and classifier; ``pre_logits`` stops before the classifier."""
@@ -328,14 +344,14 @@ class Xception(nn.Cell):
         self._check_input(x)
         x = self.stem(x)
         stages = [x]
-        x = self.entry_flow[0](x)
-        stages.append(x)
+        x = self.entry_flow[0](self._to_layout(x))
+        stages.append(self._to_layout(x))
         x = self.entry_flow[1](x)
-        stages.append(x)
+        stages.append(self._to_layout(x))
         x = self.middle_flow(self.entry_flow[2](x))
-        stages.append(x)
+        stages.append(self._to_layout(x))
         x = self.exit_tail(self.exit_flow(x))
-        stages.append(x)
+        stages.append(self._to_layout(x))
         return tuple(stages[i] for i in self.out_indices)
 
     def construct(self, x: Tensor):

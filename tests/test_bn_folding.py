@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from helpers import assert_close, images, randomise_batch_norms
 from mindcv_xception import Xception
 from mindcv_xception.bn_folding import fold_batch_norm, inference_network
-from mindcv_xception.cpu_conv import matmul_conv_switches, set_matmul_convs
+from mindcv_xception.cpu_conv import channel_major_possible, matmul_conv_switches, set_channel_major, set_matmul_convs
 from mindcv_xception.network import XCEPTION_SMALL_WIDTHS
 
 
@@ -69,12 +69,32 @@ def test_inference_network_keeps_the_conv_formulation_of_the_network(as_matmul):
 
 def test_inference_network_keeps_the_depthwise_step_on_im2col_when_the_network_has_it():
     net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
+    set_channel_major(net, False)  # the channel-major layout needs the compiled kernel
     separable = [cell for _, cell, attribute in matmul_conv_switches(net) if attribute == "depthwise_as_matmul"]
     for cell in separable:
         cell.use_compiled_kernel = False
     fast = inference_network(net)
     chosen = [cell.use_compiled_kernel for _, cell, a in matmul_conv_switches(fast) if a == "depthwise_as_matmul"]
     assert len(chosen) == len(separable) and not any(chosen)
+
+
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_inference_network_keeps_the_layout_of_the_network(channel_major):
+    if channel_major and not channel_major_possible(Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=0)):
+        pytest.skip("no compiled depthwise kernel here (no C++ compiler): no channel-major layout")
+    net = Xception(widths=XCEPTION_SMALL_WIDTHS, middle_depth=1, num_classes=3)
+    randomise_batch_norms(net)
+    set_channel_major(net, channel_major)
+    fast = inference_network(net)
+    switches = [
+        cell.channel_major
+        for name, cell in fast.cells_and_names()
+        if hasattr(cell, "channel_major") and not name.startswith("stem.")  # the stem stays (N, C, H, W)
+    ]
+    assert fast.channel_major == channel_major and set(switches) == {channel_major}
+    net.set_train(False)
+    x = images(2, 71)
+    assert_close(fast(x).asnumpy(), net(x).asnumpy(), rtol=1e-4)
 
 
 def test_inference_network_leaves_the_trained_network_untouched():

@@ -19,6 +19,7 @@ from mindcv_xception.cpu_conv import (
     SeparableConv2d,
     compiled_depthwise_3x3,
     depthwise_3x3_matmul,
+    set_channel_major,
     set_matmul_convs,
 )
 
@@ -67,6 +68,25 @@ def test_compiled_depthwise_kernel_equals_grouped_conv_forward_and_backward(shap
     )(x)
     assert_close(dx.asnumpy(), dx_native.asnumpy())
     assert_close(dw.asnumpy(), dw_native.asnumpy())
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (3, 4, 2, 17), (1, 3, 1, 1)])
+def test_compiled_depthwise_kernel_in_channel_major_layout_equals_the_image_major_one(shape, kernels):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = ms.Tensor(rng.standard_normal((shape[1], 1, 3, 3)).astype(np.float32))
+    g = rng.standard_normal(shape).astype(np.float32)
+
+    def to_cnhw(a):
+        return ms.Tensor(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))
+
+    image_major = CompiledDepthwise(compiled_depthwise_3x3(kernels))
+    channel_major = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major=True))
+    assert_close(channel_major(to_cnhw(x), w).asnumpy().transpose(1, 0, 2, 3), image_major(ms.Tensor(x), w).asnumpy())
+    dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(image_major, ms.Tensor(g)))(ms.Tensor(x), w)
+    dx_cm, dw_cm = ops.GradOperation(get_all=True)(WeightedSum2(channel_major, to_cnhw(g)))(to_cnhw(x), w)
+    assert_close(dx_cm.asnumpy().transpose(1, 0, 2, 3), dx.asnumpy())
+    assert_close(dw_cm.asnumpy(), dw.asnumpy())
 
 
 def test_compiled_depthwise_kernel_computes_float16_in_float32(kernels):
@@ -289,3 +309,72 @@ def test_network_gradients_with_matmul_convs_equal_native_conv_gradients():
     for fast, plain in zip(*reversed(results)):
         # Float32 rounding accumulated over ~20 layers backwards; a wrong formulation is off by O(1).
         assert_close(fast, plain, rtol=1e-3)
+
+
+def test_network_runs_channel_major_on_cpu_where_the_compiled_kernel_is(kernels):
+    net = create_model("xception_small", num_classes=4, middle_depth=1)
+    assert net.channel_major
+    assert not net.stem[0].bn.channel_major and net.middle_flow[0].units[0].bn.channel_major
+    set_matmul_convs(net, False)  # the native kernels take (N, C, H, W)
+    assert not any(getattr(cell, "channel_major", False) for _, cell in net.cells_and_names())
+
+
+def test_channel_major_layout_needs_the_compiled_kernel(monkeypatch):
+    monkeypatch.setenv(compiled_kernels.SWITCH_ENV, "0")
+    compiled_kernels.depthwise_kernels.cache_clear()
+    try:
+        net = create_model("xception_small", num_classes=4, middle_depth=1)
+        assert not net.channel_major
+        with pytest.raises(ValueError, match="channel-major layout needs the compiled depthwise kernel"):
+            set_channel_major(net, True)
+    finally:
+        compiled_kernels.depthwise_kernels.cache_clear()
+
+
+def test_channel_major_network_equals_the_image_major_network(kernels):
+    net = create_model("xception_small", num_classes=10, middle_depth=1)
+    randomise_batch_norms(net)
+    net.set_train(False)
+    x = images(3, 75)
+    set_channel_major(net, False)
+    plain = net(x).asnumpy()
+    set_channel_major(net, True)
+    net.compile_cache.clear()
+    assert_close(net(x).asnumpy(), plain)
+
+
+def test_channel_major_features_are_returned_as_nchw(kernels):
+    net = create_model("xception_small", features_only=True, middle_depth=1)
+    net.set_train(False)
+    x = images(2, 71)
+    set_channel_major(net, False)
+    plain = [t.asnumpy() for t in net(x)]
+    set_channel_major(net, True)
+    net.compile_cache.clear()
+    stages = [t.asnumpy() for t in net(x)]
+    assert [s.shape[1] for s in stages] == net.feature_channels
+    for fast, reference in zip(stages, plain):
+        assert_close(fast, reference)
+
+
+def test_channel_major_training_equals_image_major_training(kernels):
+    """Three momentum steps in training mode: same losses, weights and BatchNorm running statistics."""
+    x, labels = images(4, 71), ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    results = []
+    for channel_major in (False, True):
+        ms.set_seed(5)
+        net = create_model("xception_small", num_classes=4, middle_depth=1)
+        set_channel_major(net, channel_major)
+        loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        step = nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 0.05, 0.9))
+        step.set_train(True)
+        losses = [float(step(x, labels).asnumpy()) for _ in range(3)]
+        results.append((losses, {p.name: p.asnumpy() for p in net.get_parameters()}))
+    (plain_losses, plain), (fast_losses, fast) = results
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-3)  # float rounding, grown over 3 steps
+    assert fast.keys() == plain.keys()
+    for name in plain:  # rounding differences grow through 3 steps of BatchNorm on 4 images: 5e-4 seen
+        if np.abs(plain[name]).max() > 0:
+            assert_close(fast[name], plain[name], rtol=1e-2)
+    moving = [n for n in plain if n.endswith("moving_mean") and "middle_flow" in n]
+    assert moving and all(np.abs(plain[n]).max() > 0 for n in moving)  # the running statistics did move

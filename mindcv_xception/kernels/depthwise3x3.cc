@@ -1,6 +1,8 @@
-// 3x3 depthwise convolution, stride 1, zero padding 1, NCHW float32 or float16 (computed in float32,
-// for mixed precision, whose casts MindSpore may move across the operator): forward and backward, as
-// MindSpore "aot" custom operators for the CPU (mindcv_xception/compiled_kernels.py).
+// 3x3 depthwise convolution, stride 1, zero padding 1, float32 or float16 (computed in float32, for
+// mixed precision, whose casts MindSpore may move across the operator): forward and backward, as
+// MindSpore "aot" custom operators for the CPU (mindcv_xception/compiled_kernels.py). Two layouts:
+// NCHW and channel-major CNHW (cpu_conv's batch-stacked layout); either way every (image, channel)
+// plane is contiguous, only the channel a plane belongs to differs.
 //
 // Each (image, channel) plane is copied into a zero-padded (H+2) x (W+2) buffer. Output pixel (y, x)
 // then reads the buffer at i + {0, 1, 2} + {0, 1, 2} * (W+2) for i = y * (W+2) + x, so the whole
@@ -85,18 +87,29 @@ int float_bits(int nparam, int* ndims, const char** dtypes) {
   return bits;
 }
 
+// Planes of a 4-d tensor: NCHW (image-major) or CNHW (channel-major); which channel plane p belongs to.
+struct Planes {
+  int64_t n, c, h, w;
+  bool channel_major;
+  Planes(int64_t** shapes, bool cm)
+      : n(shapes[0][cm ? 1 : 0]), c(shapes[0][cm ? 0 : 1]), h(shapes[0][2]), w(shapes[0][3]), channel_major(cm) {}
+  int64_t channel(int64_t p) const { return channel_major ? p / n : p % c; }
+  int64_t index(int64_t image, int64_t ch) const { return channel_major ? ch * n + image : image * c + ch; }
+};
+
 template <typename T>
-void forward(void** params, int64_t** shapes) {
+void forward(void** params, int64_t** shapes, bool channel_major) {
   const T* x = static_cast<const T*>(params[0]);
   const T* weight = static_cast<const T*>(params[1]);
   T* y = static_cast<T*>(params[2]);
-  const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const Planes planes(shapes, channel_major);
+  const int64_t n = planes.n, c = planes.c, h = planes.h, w = planes.w;
   const int64_t plane = h * w;
   parallel_for(n * c, [=](int64_t begin, int64_t end) {
     std::vector<float> padded((h + 2) * (w + 2) + 2), rows(h * (w + 2));
     for (int64_t p = begin; p < end; ++p) {
       float k[9];
-      for (int t = 0; t < 9; ++t) k[t] = static_cast<float>(weight[(p % c) * 9 + t]);
+      for (int t = 0; t < 9; ++t) k[t] = static_cast<float>(weight[planes.channel(p) * 9 + t]);
       pad_plane(x + p * plane, h, w, padded.data());
       correlate(padded.data(), h, w, k, rows.data(), y + p * plane);
     }
@@ -104,20 +117,21 @@ void forward(void** params, int64_t** shapes) {
 }
 
 template <typename T>
-void backward(void** params, int64_t** shapes) {
+void backward(void** params, int64_t** shapes, bool channel_major) {
   const T* x = static_cast<const T*>(params[0]);
   const T* weight = static_cast<const T*>(params[1]);
   const T* dy = static_cast<const T*>(params[2]);
   T* dx = static_cast<T*>(params[3]);
   T* dweight = static_cast<T*>(params[4]);
-  const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const Planes planes(shapes, channel_major);
+  const int64_t n = planes.n, c = planes.c, h = planes.h, w = planes.w;
   const int64_t plane = h * w, pw = w + 2;
   std::vector<float> partial(n * c * 9);  // each plane's share of the weight gradient
   float* shares = partial.data();
   parallel_for(n * c, [=](int64_t begin, int64_t end) {
     std::vector<float> padded_dy((h + 2) * pw + 2), padded_x((h + 2) * pw + 2), rows(h * pw);
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t ch = p % c, offset = p * plane;
+      const int64_t ch = planes.channel(p), offset = p * plane;
       float flipped[9];
       for (int t = 0; t < 9; ++t) flipped[t] = static_cast<float>(weight[ch * 9 + 8 - t]);  // turned by 180 degrees
       // dx: the gradient flows back through the same correlation with the turned kernel
@@ -151,10 +165,24 @@ void backward(void** params, int64_t** shapes) {
   for (int64_t ch = 0; ch < c; ++ch) {
     for (int t = 0; t < 9; ++t) {
       double sum = 0;
-      for (int64_t img = 0; img < n; ++img) sum += shares[(img * c + ch) * 9 + t];
+      for (int64_t img = 0; img < n; ++img) sum += shares[planes.index(img, ch) * 9 + t];
       dweight[ch * 9 + t] = static_cast<T>(sum);
     }
   }
+}
+
+int forward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major) {
+  const int bits = nparam == 3 ? float_bits(nparam, ndims, dtypes) : 0;
+  if (bits == 32) forward<float>(params, shapes, channel_major);
+  if (bits == 16) forward<_Float16>(params, shapes, channel_major);
+  return bits ? 0 : 1;
+}
+
+int backward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major) {
+  const int bits = nparam == 5 ? float_bits(nparam, ndims, dtypes) : 0;
+  if (bits == 32) backward<float>(params, shapes, channel_major);
+  if (bits == 16) backward<_Float16>(params, shapes, channel_major);
+  return bits ? 0 : 1;
 }
 
 }  // namespace
@@ -162,17 +190,22 @@ void backward(void** params, int64_t** shapes) {
 // inputs: x (N, C, H, W), weight (C, 1, 3, 3); output: y (N, C, H, W)
 extern "C" int Depthwise3x3Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
                                    void* stream, void* extra) {
-  const int bits = nparam == 3 ? float_bits(nparam, ndims, dtypes) : 0;
-  if (bits == 32) forward<float>(params, shapes);
-  if (bits == 16) forward<_Float16>(params, shapes);
-  return bits ? 0 : 1;
+  return forward_entry(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // inputs: x (N, C, H, W), weight (C, 1, 3, 3), dy (N, C, H, W); outputs: dx (N, C, H, W), dweight (C, 1, 3, 3)
 extern "C" int Depthwise3x3Backward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
                                     void* stream, void* extra) {
-  const int bits = nparam == 5 ? float_bits(nparam, ndims, dtypes) : 0;
-  if (bits == 32) backward<float>(params, shapes);
-  if (bits == 16) backward<_Float16>(params, shapes);
-  return bits ? 0 : 1;
+  return backward_entry(nparam, params, ndims, shapes, dtypes, false);
+}
+
+// The same in the channel-major layout: x, y, dy, dx are (C, N, H, W)
+extern "C" int Depthwise3x3ForwardCNHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                       void* stream, void* extra) {
+  return forward_entry(nparam, params, ndims, shapes, dtypes, true);
+}
+
+extern "C" int Depthwise3x3BackwardCNHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                        void* stream, void* extra) {
+  return backward_entry(nparam, params, ndims, shapes, dtypes, true);
 }
