@@ -17,12 +17,13 @@ Each switches between its matmul formulation and MindSpore's native kernel (``se
 the default is the matmul one on CPU only (``matmul_convs_default``). Parameter names and shapes are
 those of ``nn.Conv2d`` either way, so checkpoints and the Keras weight mapping do not depend on it.
 
-The channel-major layout (``set_channel_major``): on CPU the network after its stem keeps activations
-as (C, N, H, W) instead of (N, C, H, W). A 1x1 conv or a BatchNorm then sees the whole batch as one
-tall image, ``(1, C, N*H, W)`` (a free reshape): the same numbers, but MindSpore's 1x1 conv kernel is
-much faster on one tall plane than on many small ones (Xception's middle flow at 96 px is 6x6 a
-plane: README, "What was tried"). The depthwise kernel, max-pooling (each (c, n) plane is still an
-image) and element-wise ops need no change; the strided shortcut slices rows and columns per image.
+The channel-major layout (``set_channel_major``): on CPU the network's later blocks (Xception: from
+entry block 3 on, where planes are small) keep activations as (C, N, H, W) instead of (N, C, H, W).
+A 1x1 conv or a BatchNorm then sees the whole batch as one tall image, ``(1, C, N*H, W)`` (a free
+reshape): the same numbers, but MindSpore's 1x1 conv kernel is much faster on one tall plane than
+on many small ones (Xception's middle flow at 96 px is 6x6 a plane: README, "What was tried"). The
+depthwise kernel, max-pooling (each (c, n) plane is still an image) and element-wise ops need no
+change; the strided shortcut slices rows and columns per image.
 """
 
 from __future__ import annotations
@@ -296,7 +297,8 @@ def set_channel_major(net: nn.Cell, channel_major: bool) -> None:
     """Run ``net`` (every cell with a ``channel_major`` switch) in the channel-major layout, or not.
 
     Same parameters and results either way (up to float summation order); see the module docstring.
-    Cells marked ``image_major_only`` (the stem, before the layout change) are left as they are.
+    Cells marked ``image_major_only`` (Xception: the stem and the first two entry blocks, before the
+    layout changes) are left as they are.
     The layout needs the compiled depthwise kernel (``channel_major_possible``). Call before the
     network is compiled, or clear its ``compile_cache``.
     """

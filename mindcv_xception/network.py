@@ -217,6 +217,8 @@ class Xception(nn.Cell):
                 channels = blocks[-1].out_channels
             flows[name] = blocks
         self.entry_flow = nn.CellList(flows["entry_flow"])
+        for i in (0, 1):  # (not entry_flow[:2]: slicing a CellList renames its cells' parameters)
+            self.entry_flow[i].image_major_only = True  # large planes: the channel-major layout starts at entry block 3
         self.middle_flow = nn.SequentialCell(flows["middle_flow"])
         self.exit_flow = nn.SequentialCell(flows["exit_flow"])
         tail1, tail2 = widths.tail
@@ -250,7 +252,9 @@ class Xception(nn.Cell):
             self.num_classes = num_classes
             self.classifier = self._make_classifier(num_classes)
         self._init_weights()
-        # after the stem, activations are (C, N, H, W) on CPU where the compiled depthwise kernel runs
+        # from entry block 3 on (stride 8), activations are (C, N, H, W) on CPU where the compiled depthwise
+        # kernel runs: there the planes are small (12x12 down to 3x3 at 96 px), and MindSpore's 1x1 conv
+        # is faster on the whole batch as one tall image (cpu_conv, "channel-major layout")
         self.channel_major = False
         set_channel_major(self, matmul_convs_default() and channel_major_possible(self))
 
@@ -321,9 +325,9 @@ class Xception(nn.Cell):
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem, entry, middle and exit flow: the (N, num_features, H/32, W/32) feature map."""
         self._check_input(x)
-        x = self._to_layout(self.stem(x))
-        for block in self.entry_flow:
-            x = block(x)
+        x = self.stem(x)
+        x = self.entry_flow[1](self.entry_flow[0](x))
+        x = self.entry_flow[2](self._to_layout(x))
         x = self.middle_flow(x)
         x = self.exit_flow(x)
         return self._to_layout(self.exit_tail(x))
@@ -344,11 +348,11 @@ class Xception(nn.Cell):
         self._check_input(x)
         x = self.stem(x)
         stages = [x]
-        x = self.entry_flow[0](self._to_layout(x))
-        stages.append(self._to_layout(x))
+        x = self.entry_flow[0](x)
+        stages.append(x)
         x = self.entry_flow[1](x)
-        stages.append(self._to_layout(x))
-        x = self.middle_flow(self.entry_flow[2](x))
+        stages.append(x)
+        x = self.middle_flow(self.entry_flow[2](self._to_layout(x)))
         stages.append(self._to_layout(x))
         x = self.exit_tail(self.exit_flow(x))
         stages.append(self._to_layout(x))

@@ -314,7 +314,8 @@ def test_network_gradients_with_matmul_convs_equal_native_conv_gradients():
 def test_network_runs_channel_major_on_cpu_where_the_compiled_kernel_is(kernels):
     net = create_model("xception_small", num_classes=4, middle_depth=1)
     assert net.channel_major
-    assert not net.stem[0].bn.channel_major and net.middle_flow[0].units[0].bn.channel_major
+    assert not net.stem[0].bn.channel_major and not net.entry_flow[1].units[0].bn.channel_major
+    assert net.entry_flow[2].units[0].bn.channel_major and net.middle_flow[0].units[0].bn.channel_major
     set_matmul_convs(net, False)  # the native kernels take (N, C, H, W)
     assert not any(getattr(cell, "channel_major", False) for _, cell in net.cells_and_names())
 
