@@ -404,14 +404,14 @@ def environment() -> Dict[str, object]:
         except ImportError:
             return "not installed"
 
-    from mindcv_xception.compiled_kernels import depthwise_kernels
+    from mindcv_xception.compiled_kernels import cpu_kernels
 
     cpu = cpu_info()
     ms.set_context(device_target="CPU")
-    kernels = depthwise_kernels()
+    kernels = cpu_kernels()
     return {
         "cpu": f"{cpu['model']} x{cpu['logical_cpus']}",
-        "depthwise_kernel": os.path.basename(kernels.library) if kernels else "im2col + matmul (no compiled kernel)",
+        "cpu_kernels": os.path.basename(kernels.library) if kernels else "none: im2col + matmul (no C++ compiler)",
         "cpu_vector_extensions": cpu["vector_extensions"],
         "avx2": cpu["avx2"],
         "avx512": cpu["avx512"],

@@ -4,7 +4,9 @@ MindSpore 2.10's CPU kernels for the 3x3 depthwise convolution are slow, and so 
 (``Im2Col``) + batched matmul that replaces them (``cpu_conv``): in a training step of Xception at
 96 px, batch 32, im2col, the batched matmuls and their broadcasts took 1.06 s of 2.46 s (the
 README's profile). ``kernels/depthwise3x3.cc`` computes the same convolution directly, plane by
-plane (forward; input and weight gradients in one pass).
+plane (forward; input and weight gradients in one pass); ``kernels/unfold.cc`` is the im2col
+(unfold) of the stem's 3x3 convs and the shortcuts' strided 1x1 convs, and its backward (fold),
+which MindSpore's Im2Col and StridedSlice kernels did slowly.
 
 It is compiled at first use with the machine's C++ compiler (``$CXX``, default ``g++``) for the CPU
 it runs on (``-O3 -march=native``: AVX2 or AVX-512 code, whatever this CPU has), and kept
@@ -29,7 +31,9 @@ from .atomic import temporary_path
 logger = logging.getLogger(__name__)
 
 SWITCH_ENV = "MINDCV_XCEPTION_COMPILED_KERNELS"
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "depthwise3x3.cc")
+KERNELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+SOURCES = tuple(os.path.join(KERNELS_DIR, name) for name in ("depthwise3x3.cc", "unfold.cc"))
+HEADERS = (os.path.join(KERNELS_DIR, "parallel.h"),)
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
 VECTOR_EXTENSIONS = (
     "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"
@@ -59,17 +63,27 @@ def cpu_info() -> Dict[str, object]:
     }
 
 
-ENTRY_POINTS = ("Depthwise3x3Forward", "Depthwise3x3Backward", "Depthwise3x3ForwardCNHW", "Depthwise3x3BackwardCNHW")
-
-
-class DepthwiseKernels(NamedTuple):
-    """The compiled library and its entry points, as ``ops.Custom`` ``func`` strings."""
+class CpuKernels(NamedTuple):
+    """The compiled library and its entry points, as ``ops.Custom`` ``func`` strings ("path:symbol")."""
 
     library: str
-    forward: str  # (x, weight) -> y, NCHW
-    backward: str  # (x, weight, dy) -> (dx, dweight), NCHW
-    forward_cnhw: str  # the same in the channel-major (C, N, H, W) layout
-    backward_cnhw: str
+    depthwise_forward: str  # (x, weight) -> y, NCHW
+    depthwise_backward: str  # (x, weight, dy) -> (dx, dweight), NCHW
+    depthwise_forward_cnhw: str  # the same in the channel-major (C, N, H, W) layout
+    depthwise_backward_cnhw: str
+    unfold_3x3_stride1: str  # x -> cols, the taps of every output pixel of a 'valid' conv
+    unfold_3x3_stride2: str
+    unfold_1x1_stride2: str
+    fold_3x3_stride1: str  # (x, dcols) -> dx
+    fold_3x3_stride2: str
+    fold_1x1_stride2: str
+
+
+# CpuKernels' fields after the library, in order
+ENTRY_POINTS = tuple(
+    "Depthwise3x3Forward Depthwise3x3Backward Depthwise3x3ForwardCNHW Depthwise3x3BackwardCNHW "
+    "Unfold3x3Stride1 Unfold3x3Stride2 Unfold1x1Stride2 Fold3x3Stride1 Fold3x3Stride2 Fold1x1Stride2".split()
+)
 
 
 def _compiler_version(compiler: str) -> str:
@@ -78,11 +92,12 @@ def _compiler_version(compiler: str) -> str:
 
 
 def build_key(compiler_version: str) -> str:
-    """What the library's file name depends on: source, flags, compiler version, CPU model and flags."""
+    """What the library's file name depends on: sources, flags, compiler version, CPU model and flags."""
     info = cpu_info()
     digest = hashlib.sha256()
-    with open(SOURCE, "rb") as f:
-        digest.update(f.read())
+    for path in SOURCES + HEADERS:
+        with open(path, "rb") as f:
+            digest.update(f.read())
     for part in (" ".join(FLAGS), compiler_version, str(info["model"]), " ".join(info["flags"])):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
@@ -90,14 +105,14 @@ def build_key(compiler_version: str) -> str:
 
 def library_path(cache: str, key: str) -> str:
     """Where the library built under ``key`` is kept in ``cache``."""
-    return os.path.join(cache, "kernels", f"depthwise3x3-{key}.so")
+    return os.path.join(cache, "kernels", f"cpu-kernels-{key}.so")
 
 
 def _build(compiler: str, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = temporary_path(path, ".so")  # concurrent ranks each build their own file; the rename is atomic
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=300)
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
         os.replace(tmp, path)
@@ -107,8 +122,8 @@ def _build(compiler: str, path: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def depthwise_kernels() -> Optional[DepthwiseKernels]:
-    """The compiled depthwise kernels for this CPU (built once and cached), or None where they cannot be used.
+def cpu_kernels() -> Optional[CpuKernels]:
+    """The compiled kernels for this CPU (built once and cached), or None where they cannot be used.
 
     None (logged once, with the reason) when switched off by ``MINDCV_XCEPTION_COMPILED_KERNELS=0``,
     when MindSpore's device is not the CPU, or when no C++ compiler builds the source.
@@ -119,7 +134,7 @@ def depthwise_kernels() -> Optional[DepthwiseKernels]:
 
     from .weights import cache_dir
 
-    fallback = "3x3 depthwise convs run as im2col + matmul (slower)"
+    fallback = "3x3 depthwise convs run as im2col + matmul, the stem's im2col as MindSpore's (slower)"
     if os.environ.get(SWITCH_ENV, "1") == "0":
         logger.info("Compiled CPU kernels switched off (%s=0): %s", SWITCH_ENV, fallback)
         return None
@@ -140,4 +155,4 @@ def depthwise_kernels() -> Optional[DepthwiseKernels]:
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         logger.warning("Could not build or load the CPU kernels (%s): %s", error, fallback)
         return None
-    return DepthwiseKernels(path, *(f"{path}:{symbol}" for symbol in ENTRY_POINTS))
+    return CpuKernels(path, *(f"{path}:{symbol}" for symbol in ENTRY_POINTS))

@@ -33,7 +33,7 @@ from typing import Iterator, Optional, Tuple, Union
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .compiled_kernels import DepthwiseKernels, depthwise_kernels
+from .compiled_kernels import CpuKernels, cpu_kernels
 
 
 def matmul_convs_default() -> bool:
@@ -131,7 +131,7 @@ def _input_and_weight(x, weight, dy):
     return x, weight
 
 
-def compiled_depthwise_3x3(kernels: DepthwiseKernels, channel_major: bool = False) -> ops.Custom:
+def compiled_depthwise_3x3(kernels: CpuKernels, channel_major: bool = False) -> ops.Custom:
     """The 3x3 stride-1 depthwise conv (zero padding 1) as an operator on the C++ kernel built for this CPU.
 
     ``op(x, weight)`` equals ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float
@@ -140,13 +140,49 @@ def compiled_depthwise_3x3(kernels: DepthwiseKernels, channel_major: bool = Fals
     the forward pass but its input. Inputs are float32 or float16 (mixed precision; computed in
     float32), both of one type.
     """
-    forward, backward = (kernels.forward_cnhw, kernels.backward_cnhw) if channel_major else kernels[1:3]
+    if channel_major:
+        forward, backward = kernels.depthwise_forward_cnhw, kernels.depthwise_backward_cnhw
+    else:
+        forward, backward = kernels.depthwise_forward, kernels.depthwise_backward
     backward_op = ops.Custom(backward, _input_and_weight, _input_and_weight, func_type="aot")
 
     def bprop(x, weight, out, dout):
         return backward_op(x, weight, dout)
 
     return ops.Custom(forward, _same_shape, _same_shape, func_type="aot", bprop=bprop)
+
+
+def _x_shape(x, dcols):
+    return x
+
+
+UNFOLD_SHAPES = ((3, 1), (3, 2), (1, 2))  # (kernel size, stride) of the compiled unfolds
+
+
+def compiled_unfold(kernels: CpuKernels, size: int, stride: int) -> ops.Custom:
+    """``ops.unfold(x, size, stride=stride)`` (a 'valid' conv's im2col) on the C++ kernel built for this CPU.
+
+    ``op(x)`` is (N, C * size * size, OH, OW), the taps of each output pixel in ``ops.unfold``'s order
+    (its (N, C * size * size, OH * OW) result, reshaped); for a 1x1 kernel, every ``stride``-th row and
+    column. Its backward pass folds the columns' gradient back. Any 4-d layout (only the planes
+    matter); ``(size, stride)`` one of ``UNFOLD_SHAPES``; float32 or float16.
+    """
+    unfold, fold = {
+        (3, 1): (kernels.unfold_3x3_stride1, kernels.fold_3x3_stride1),
+        (3, 2): (kernels.unfold_3x3_stride2, kernels.fold_3x3_stride2),
+        (1, 2): (kernels.unfold_1x1_stride2, kernels.fold_1x1_stride2),
+    }[(size, stride)]
+
+    def columns_shape(x):
+        n, c, h, w = x
+        return [n, c * size * size, (h - size) // stride + 1, (w - size) // stride + 1]
+
+    fold_op = ops.Custom(fold, _x_shape, _x_shape, func_type="aot")
+
+    def bprop(x, out, dout):
+        return (fold_op(x, dout),)
+
+    return ops.Custom(unfold, columns_shape, lambda x: x, func_type="aot", bprop=bprop)
 
 
 def _as_one_image(x: Tensor) -> Tensor:
@@ -193,7 +229,7 @@ class SeparableConv2d(nn.Cell):
             depthwise_as_matmul = matmul_convs_default()
         self.depthwise_as_matmul = depthwise_as_matmul
         self.depthwise_matmul = Depthwise3x3Matmul()
-        kernels = depthwise_kernels() if depthwise_as_matmul else None
+        kernels = cpu_kernels() if depthwise_as_matmul else None
         self.use_compiled_kernel = kernels is not None
         self.depthwise_compiled = compiled_depthwise_3x3(kernels) if kernels is not None else None
         self.depthwise_compiled_cnhw = compiled_depthwise_3x3(kernels, True) if kernels is not None else None
@@ -243,24 +279,30 @@ class MatmulConv2d(nn.Conv2d):
         )
         self.as_matmul = matmul_convs_default() if as_matmul is None else as_matmul
         self.channel_major = False  # (C, N, H, W) input and output; 1x1 convs only
+        size, step = self.kernel_size[0], self.stride[0]
+        square = tuple(self.kernel_size) == (size, size) and tuple(self.stride) == (step, step)
+        kernels = cpu_kernels() if square and (size, step) in UNFOLD_SHAPES else None
+        self.compiled_unfold = compiled_unfold(kernels, size, step) if kernels is not None else None
 
     def construct(self, x: Tensor) -> Tensor:
         if not self.as_matmul and not self.channel_major:
             return super().construct(x)
-        n, _, h, w = x.shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
         # parameters cast to the input's type: under mixed precision (Cell.to_float) only inputs are cast
         weight = self.weight.astype(x.dtype)
         bias = self.bias.astype(x.dtype) if self.has_bias else None
-        if self.channel_major:  # (C, N, H, W): every sh-th row and sw-th column of each image, as one tall image
-            x = x[:, :, ::sh, ::sw]
-            return _per_image(ops.conv2d(_as_one_image(x), weight, bias), x.shape[1])
         if kh == 1 and kw == 1:
-            # a strided 1x1 conv is a 1x1 conv of every sh-th row and sw-th column
-            return ops.conv2d(x[:, :, ::sh, ::sw], weight, bias)
-        cols = ops.unfold(x, (kh, kw), stride=(sh, sw))  # (N, C*kh*kw, out_h*out_w): the taps of each output pixel
-        cols = cols.reshape(n, -1, out_h, out_w)
+            # a strided 1x1 conv is a 1x1 conv of every sh-th row and sw-th column of each image
+            x = self.compiled_unfold(x) if self.compiled_unfold is not None else x[:, :, ::sh, ::sw]
+            if self.channel_major:  # (C, N, H, W): one tall image
+                return _per_image(ops.conv2d(_as_one_image(x), weight, bias), x.shape[1])
+            return ops.conv2d(x, weight, bias)
+        # a kxk conv (image-major only) is a 1x1 conv of the taps of each output pixel, as channels
+        if self.compiled_unfold is not None:
+            cols = self.compiled_unfold(x)
+        else:
+            n, _, h, w = x.shape
+            cols = ops.unfold(x, (kh, kw), stride=(sh, sw)).reshape(n, -1, (h - kh) // sh + 1, (w - kw) // sw + 1)
         return ops.conv2d(cols, weight.reshape(self.out_channels, -1, 1, 1), bias)
 
 

@@ -47,7 +47,7 @@ def kernels():
 
     if shutil.which(os.environ.get("CXX", "g++")) is None:
         pytest.skip("no C++ compiler here: the layers use the im2col fallback, tested on its own")
-    kernels = compiled_kernels.depthwise_kernels()
+    kernels = compiled_kernels.cpu_kernels()
     assert kernels is not None, "a C++ compiler is installed: the compiled kernels must build"
     return kernels
 
@@ -116,7 +116,7 @@ def test_separable_conv_uses_the_compiled_kernel_on_cpu(kernels):
 
 def test_without_a_compiler_the_depthwise_step_falls_back_to_im2col_and_says_so(monkeypatch, caplog):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
-    compiled_kernels.depthwise_kernels.cache_clear()
+    compiled_kernels.cpu_kernels.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="mindcv_xception.compiled_kernels"):
             conv = SeparableConv2d(4, 5)
@@ -128,17 +128,52 @@ def test_without_a_compiler_the_depthwise_step_falls_back_to_im2col_and_says_so(
         reference.pointwise.weight.set_data(conv.pointwise.weight.value())
         assert_close(conv(x).asnumpy(), reference(x).asnumpy())
     finally:
-        compiled_kernels.depthwise_kernels.cache_clear()
+        compiled_kernels.cpu_kernels.cache_clear()
+
+
+def test_stem_convs_unfold_on_the_compiled_kernel_on_cpu(kernels):
+    assert MatmulConv2d(3, 8, 3, stride=2).compiled_unfold is not None
+    assert MatmulConv2d(8, 8, 3, stride=1).compiled_unfold is not None
+    assert MatmulConv2d(8, 8, 1, stride=2).compiled_unfold is not None  # every second row and column
+    assert MatmulConv2d(8, 8, 3, stride=3).compiled_unfold is None  # not built: ops.unfold
+
+
+@pytest.mark.parametrize("size, stride", cpu_conv.UNFOLD_SHAPES)
+def test_compiled_unfold_equals_mindspore_unfold_forward_and_backward(size, stride, kernels):
+    rng = np.random.default_rng(4)
+    x = ms.Tensor(rng.standard_normal((2, 3, 12, 9)).astype(np.float32))
+    oh, ow = (12 - size) // stride + 1, (9 - size) // stride + 1
+    g = ms.Tensor(rng.standard_normal((2, 3 * size * size, oh, ow)).astype(np.float32))
+    compiled = Unfold(size, stride, oh, ow, cpu_conv.compiled_unfold(kernels, size, stride))
+    reference = Unfold(size, stride, oh, ow)
+    assert_close(compiled(x).asnumpy(), reference(x).asnumpy())
+    (dx,) = ops.GradOperation(get_all=True)(WeightedSum(compiled, g))(x)
+    (dx_reference,) = ops.GradOperation(get_all=True)(WeightedSum(reference, g))(x)
+    assert_close(dx.asnumpy(), dx_reference.asnumpy())
+
+
+class Unfold(nn.Cell):
+    """ops.unfold's columns as (N, C * size * size, OH, OW), or the same from a compiled op."""
+
+    def __init__(self, size, stride, oh, ow, op=None):
+        super().__init__()
+        self.size, self.stride, self.oh, self.ow, self.op = size, stride, oh, ow, op
+
+    def construct(self, x):
+        if self.op is not None:
+            return self.op(x)
+        return ops.unfold(x, self.size, stride=self.stride).reshape(x.shape[0], -1, self.oh, self.ow)
 
 
 def test_compiled_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(compiled_kernels.SWITCH_ENV, "0")
-    compiled_kernels.depthwise_kernels.cache_clear()
+    compiled_kernels.cpu_kernels.cache_clear()
     try:
-        assert compiled_kernels.depthwise_kernels() is None
+        assert compiled_kernels.cpu_kernels() is None
         assert not SeparableConv2d(4, 5).use_compiled_kernel
+        assert MatmulConv2d(3, 8, 3, stride=2).compiled_unfold is None
     finally:
-        compiled_kernels.depthwise_kernels.cache_clear()
+        compiled_kernels.cpu_kernels.cache_clear()
 
 
 def test_the_kernel_library_is_built_once_per_cpu(kernels, monkeypatch, tmp_path):
@@ -154,10 +189,10 @@ def test_the_kernel_library_is_built_once_per_cpu(kernels, monkeypatch, tmp_path
     try:
         for cpu in (zen3, zen3, zen4):
             monkeypatch.setattr(compiled_kernels, "cpu_info", lambda cpu=cpu: cpu)
-            compiled_kernels.depthwise_kernels.cache_clear()  # a new process
-            paths.append(compiled_kernels.depthwise_kernels().library)
+            compiled_kernels.cpu_kernels.cache_clear()  # a new process
+            paths.append(compiled_kernels.cpu_kernels().library)
     finally:
-        compiled_kernels.depthwise_kernels.cache_clear()
+        compiled_kernels.cpu_kernels.cache_clear()
     assert paths[0] == paths[1] != paths[2]
     assert builds == [paths[0], paths[2]]  # the second process on the same CPU reuses the build
     assert all(p.startswith(str(tmp_path / "kernels")) for p in paths)
@@ -230,7 +265,7 @@ class WeightedSum(nn.Cell):
 
 @pytest.mark.parametrize(
     "in_channels, kernel, stride, size, bias",
-    [(3, 3, 2, 15, False), (4, 3, 1, 9, True), (6, 1, 2, 9, False), (6, 1, 2, 10, True)],
+    [(3, 3, 2, 15, False), (3, 3, 2, 14, True), (4, 3, 1, 9, True), (6, 1, 2, 9, False), (6, 1, 2, 10, True)],
 )
 def test_matmul_conv_equals_native_conv_forward_and_backward(in_channels, kernel, stride, size, bias):
     rng = np.random.default_rng(0)
@@ -322,14 +357,14 @@ def test_network_runs_channel_major_on_cpu_where_the_compiled_kernel_is(kernels)
 
 def test_channel_major_layout_needs_the_compiled_kernel(monkeypatch):
     monkeypatch.setenv(compiled_kernels.SWITCH_ENV, "0")
-    compiled_kernels.depthwise_kernels.cache_clear()
+    compiled_kernels.cpu_kernels.cache_clear()
     try:
         net = create_model("xception_small", num_classes=4, middle_depth=1)
         assert not net.channel_major
         with pytest.raises(ValueError, match="channel-major layout needs the compiled depthwise kernel"):
             set_channel_major(net, True)
     finally:
-        compiled_kernels.depthwise_kernels.cache_clear()
+        compiled_kernels.cpu_kernels.cache_clear()
 
 
 def test_channel_major_network_equals_the_image_major_network(kernels):

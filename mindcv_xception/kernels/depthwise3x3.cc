@@ -14,37 +14,12 @@
 //
 // Signature of every entry point (MindSpore's aot convention): params holds the inputs, then the
 // outputs; shapes[i] has ndims[i] extents. Returns 0 on success.
-#include <sched.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <thread>
-#include <vector>
+#include "parallel.h"
 
 namespace {
 
-int cpus_available() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// Calls work(begin, end) on contiguous shares of [0, count), one share per thread, this thread included.
-template <typename Work>
-void parallel_for(int64_t count, Work work) {
-  const int64_t threads = std::min<int64_t>(cpus_available(), count);
-  if (threads <= 1) {
-    work(int64_t{0}, count);
-    return;
-  }
-  std::vector<std::thread> helpers;
-  for (int64_t t = 1; t < threads; ++t) {
-    helpers.emplace_back(work, count * t / threads, count * (t + 1) / threads);
-  }
-  work(int64_t{0}, count / threads);
-  for (auto& helper : helpers) helper.join();
-}
+using mindcv_xception::float_bits;
+using mindcv_xception::parallel_for;
 
 // dst: (h + 2) x (w + 2) floats, src in the middle, zeros around (and 2 spare zeros after: see correlate).
 // Only the middle is written: dst comes zeroed (a std::vector's initial value), and its border stays so.
@@ -75,16 +50,6 @@ void correlate(const float* padded, int64_t h, int64_t w, const float* k, float*
 #pragma omp simd
     for (int64_t x = 0; x < w; ++x) to[x] = static_cast<T>(from[x]);
   }
-}
-
-// 32 for float32, 16 for float16 (every input and output), 0 for anything else
-int float_bits(int nparam, int* ndims, const char** dtypes) {
-  if (ndims[0] != 4) return 0;
-  const int bits = std::strcmp(dtypes[0], "float32") == 0 ? 32 : std::strcmp(dtypes[0], "float16") == 0 ? 16 : 0;
-  for (int i = 1; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], dtypes[0]) != 0) return 0;
-  }
-  return bits;
 }
 
 // Planes of a 4-d tensor: NCHW (image-major) or CNHW (channel-major); which channel plane p belongs to.
