@@ -69,8 +69,12 @@ class CpuKernels(NamedTuple):
     library: str
     depthwise_forward: str  # (x, weight) -> y, NCHW
     depthwise_backward: str  # (x, weight, dy) -> (dx, dweight), NCHW
+    depthwise_forward_relu: str  # the same of max(x, 0) (a ReLU before the conv, fused in)
+    depthwise_backward_relu: str
     depthwise_forward_cnhw: str  # the same in the channel-major (C, N, H, W) layout
     depthwise_backward_cnhw: str
+    depthwise_forward_cnhw_relu: str
+    depthwise_backward_cnhw_relu: str
     unfold_3x3_stride1: str  # x -> cols, the taps of every output pixel of a 'valid' conv
     unfold_3x3_stride2: str
     unfold_1x1_stride2: str
@@ -81,7 +85,8 @@ class CpuKernels(NamedTuple):
 
 # CpuKernels' fields after the library, in order
 ENTRY_POINTS = tuple(
-    "Depthwise3x3Forward Depthwise3x3Backward Depthwise3x3ForwardCNHW Depthwise3x3BackwardCNHW "
+    "Depthwise3x3Forward Depthwise3x3Backward Depthwise3x3ForwardReLU Depthwise3x3BackwardReLU "
+    "Depthwise3x3ForwardCNHW Depthwise3x3BackwardCNHW Depthwise3x3ForwardCNHWReLU Depthwise3x3BackwardCNHWReLU "
     "Unfold3x3Stride1 Unfold3x3Stride2 Unfold1x1Stride2 Fold3x3Stride1 Fold3x3Stride2 Fold1x1Stride2".split()
 )
 

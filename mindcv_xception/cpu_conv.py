@@ -131,19 +131,20 @@ def _input_and_weight(x, weight, dy):
     return x, weight
 
 
-def compiled_depthwise_3x3(kernels: CpuKernels, channel_major: bool = False) -> ops.Custom:
+def compiled_depthwise_3x3(kernels: CpuKernels, channel_major: bool = False, relu_input: bool = False) -> ops.Custom:
     """The 3x3 stride-1 depthwise conv (zero padding 1) as an operator on the C++ kernel built for this CPU.
 
     ``op(x, weight)`` equals ``nn.Conv2d(C, C, 3, pad_mode="pad", padding=1, group=C)`` up to float
-    summation order; with ``channel_major``, ``x`` and the result are (C, N, H, W) instead. Its
-    backward pass computes the input and weight gradients in one kernel call and keeps nothing from
-    the forward pass but its input. Inputs are float32 or float16 (mixed precision; computed in
-    float32), both of one type.
+    summation order; with ``channel_major``, ``x`` and the result are (C, N, H, W) instead; with
+    ``relu_input``, it is the conv of ``relu(x)`` (the ReLU fused in: no ReLU kernels, no ReLU output
+    kept). Its backward pass computes the input and weight gradients in one kernel call and keeps
+    nothing from the forward pass but its input. Inputs are float32 or float16 (mixed precision;
+    computed in float32), both of one type.
     """
-    if channel_major:
-        forward, backward = kernels.depthwise_forward_cnhw, kernels.depthwise_backward_cnhw
-    else:
-        forward, backward = kernels.depthwise_forward, kernels.depthwise_backward
+    layout = "_cnhw" if channel_major else ""
+    relu = "_relu" if relu_input else ""
+    forward = getattr(kernels, f"depthwise_forward{layout}{relu}")
+    backward = getattr(kernels, f"depthwise_backward{layout}{relu}")
     backward_op = ops.Custom(backward, _input_and_weight, _input_and_weight, func_type="aot")
 
     def bprop(x, weight, out, dout):
@@ -213,41 +214,49 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 
 class SeparableConv2d(nn.Cell):
-    """3x3 depthwise conv ('same' padding) then 1x1 pointwise conv, no biases (Keras SeparableConv2D).
+    """[ReLU -] 3x3 depthwise conv ('same' padding) - 1x1 pointwise conv, no biases (Keras SeparableConv2D).
 
-    ``depthwise_as_matmul`` (default: on CPU) replaces MindSpore's grouped conv in the depthwise step:
-    by the C++ kernel compiled for this CPU (``compiled_depthwise_3x3``) when one could be built
-    (``use_compiled_kernel``), else by ``depthwise_3x3_matmul``; all from the same ``depthwise.weight``,
-    so the parameters are the same either way.
+    ``relu_first``: the ReLU before the conv is part of this layer, fused into the compiled kernel
+    where it runs. ``depthwise_as_matmul`` (default: on CPU) replaces MindSpore's grouped conv in the
+    depthwise step: by the C++ kernel compiled for this CPU (``compiled_depthwise_3x3``) when one
+    could be built (``use_compiled_kernel``), else by ``depthwise_3x3_matmul``; all from the same
+    ``depthwise.weight``, so the parameters are the same either way.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, depthwise_as_matmul: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        depthwise_as_matmul: Optional[bool] = None,
+        relu_first: bool = False,
+    ) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, pad_mode="pad", padding=1, group=in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
         if depthwise_as_matmul is None:
             depthwise_as_matmul = matmul_convs_default()
         self.depthwise_as_matmul = depthwise_as_matmul
+        self.relu_first = relu_first
         self.depthwise_matmul = Depthwise3x3Matmul()
         kernels = cpu_kernels() if depthwise_as_matmul else None
         self.use_compiled_kernel = kernels is not None
-        self.depthwise_compiled = compiled_depthwise_3x3(kernels) if kernels is not None else None
-        self.depthwise_compiled_cnhw = compiled_depthwise_3x3(kernels, True) if kernels is not None else None
+        self.depthwise_compiled = self.depthwise_compiled_cnhw = None
+        if kernels is not None:
+            self.depthwise_compiled = compiled_depthwise_3x3(kernels, False, relu_first)
+            self.depthwise_compiled_cnhw = compiled_depthwise_3x3(kernels, True, relu_first)
         self.channel_major = False
 
     def construct(self, x: Tensor) -> Tensor:
+        # the explicit cast keeps mixed precision outside the custom backward (training_step.apply_amp)
+        weight = self.depthwise.weight.astype(x.dtype)
         if self.channel_major:  # (C, N, H, W): the compiled kernel, then the 1x1 conv on one tall image
-            x = self.depthwise_compiled_cnhw(x, self.depthwise.weight.astype(x.dtype))
+            x = self.depthwise_compiled_cnhw(x, weight)
             return _per_image(self.pointwise(_as_one_image(x)), x.shape[1])
-        if self.depthwise_as_matmul:
-            # the explicit cast keeps mixed precision outside the custom backward (training_step.apply_amp)
-            weight = self.depthwise.weight.astype(x.dtype)
-            if self.use_compiled_kernel:
-                x = self.depthwise_compiled(x, weight)
-            else:
-                x = self.depthwise_matmul(x, weight)
-        else:
-            x = self.depthwise(x)
+        if self.depthwise_as_matmul and self.use_compiled_kernel:
+            return self.pointwise(self.depthwise_compiled(x, weight))
+        if self.relu_first:
+            x = ops.relu(x)
+        x = self.depthwise_matmul(x, weight) if self.depthwise_as_matmul else self.depthwise(x)
         return self.pointwise(x)
 
 

@@ -95,13 +95,11 @@ class SepConvBn(nn.Cell):
         super().__init__()
         self.relu_before = relu_before
         self.relu_after = relu_after
-        self.conv = SeparableConv2d(in_channels, out_channels)
+        self.conv = SeparableConv2d(in_channels, out_channels, relu_first=relu_before)
         self.bn = _batch_norm(out_channels, eps, momentum)
 
     def construct(self, x: Tensor) -> Tensor:
-        if self.relu_before:
-            x = ops.relu(x)
-        x = self.bn(self.conv(x))
+        x = self.bn(self.conv(x))  # the conv applies the ReLU before it (relu_before)
         if self.relu_after:
             x = ops.relu(x)
         return x

@@ -89,6 +89,30 @@ def test_compiled_depthwise_kernel_in_channel_major_layout_equals_the_image_majo
     assert_close(dw_cm.asnumpy(), dw.asnumpy())
 
 
+@pytest.mark.parametrize("channel_major", [False, True], ids=["nchw", "cnhw"])
+def test_compiled_depthwise_kernel_with_the_relu_fused_equals_relu_then_grouped_conv(channel_major, kernels):
+    rng = np.random.default_rng(6)
+    shape = (3, 4, 6, 5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    native = nn.Conv2d(4, 4, 3, pad_mode="pad", padding=1, group=4)
+    g = rng.standard_normal(shape).astype(np.float32)
+    (dx_native,), (dw_native,) = ops.GradOperation(get_all=True, get_by_list=True)(
+        WeightedSum(nn.SequentialCell([nn.ReLU(), native]), ms.Tensor(g)), ms.ParameterTuple(native.trainable_params())
+    )(ms.Tensor(x))
+
+    def layout(a):
+        return ms.Tensor(np.ascontiguousarray(a.transpose(1, 0, 2, 3) if channel_major else a))
+
+    fused = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major, relu_input=True))
+    weight = native.weight.value()
+    out = fused(layout(x), weight).asnumpy()
+    assert_close(out, layout(native(ms.Tensor(np.maximum(x, 0))).asnumpy()).asnumpy())
+    dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(fused, layout(g)))(layout(x), weight)
+    assert_close(dx.asnumpy(), layout(dx_native.asnumpy()).asnumpy())
+    assert np.all(dx.asnumpy()[layout(x).asnumpy() < 0] == 0)  # no gradient flows through the ReLU's zeros
+    assert_close(dw.asnumpy(), dw_native.asnumpy())
+
+
 def test_compiled_depthwise_kernel_computes_float16_in_float32(kernels):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 5, 7)).astype(np.float16)

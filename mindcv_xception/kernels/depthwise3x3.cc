@@ -2,7 +2,9 @@
 // mixed precision, whose casts MindSpore may move across the operator): forward and backward, as
 // MindSpore "aot" custom operators for the CPU (mindcv_xception/compiled_kernels.py). Two layouts:
 // NCHW and channel-major CNHW (cpu_conv's batch-stacked layout); either way every (image, channel)
-// plane is contiguous, only the channel a plane belongs to differs.
+// plane is contiguous, only the channel a plane belongs to differs. Each also comes with the ReLU
+// before it fused in ("...ReLU" entry points: the conv of max(x, 0); its backward passes the input
+// gradient only where x > 0), as Xception's separable convs mostly follow a ReLU.
 //
 // Each (image, channel) plane is copied into a zero-padded (H+2) x (W+2) buffer. Output pixel (y, x)
 // then reads the buffer at i + {0, 1, 2} + {0, 1, 2} * (W+2) for i = y * (W+2) + x, so the whole
@@ -23,20 +25,24 @@ using mindcv_xception::parallel_for;
 
 // dst: (h + 2) x (w + 2) floats, src in the middle, zeros around (and 2 spare zeros after: see correlate).
 // Only the middle is written: dst comes zeroed (a std::vector's initial value), and its border stays so.
+// With relu, src's negative values are padded as zeros.
 template <typename T>
-void pad_plane(const T* src, int64_t h, int64_t w, float* dst) {
+void pad_plane(const T* src, int64_t h, int64_t w, float* dst, bool relu) {
   const int64_t pw = w + 2;
+  const float floor = relu ? 0.0f : -__builtin_inff();
   for (int64_t y = 0; y < h; ++y) {
     float* row = dst + (y + 1) * pw + 1;
     const T* from = src + y * w;
 #pragma omp simd
-    for (int64_t x = 0; x < w; ++x) row[x] = static_cast<float>(from[x]);
+    for (int64_t x = 0; x < w; ++x) row[x] = std::max(static_cast<float>(from[x]), floor);
   }
 }
 
-// out (h x w) = the 3x3 correlation of a padded plane with k (row-major 3x3); rows: h * (w + 2) floats of scratch.
+// out (h x w) = the 3x3 correlation of a padded plane with k (row-major 3x3); rows: h * (w + 2) floats of
+// scratch. With a mask (h x w), out is zero where the mask is not positive (a ReLU's backward).
 template <typename T>
-void correlate(const float* padded, int64_t h, int64_t w, const float* k, float* rows, T* out) {
+void correlate(const float* padded, int64_t h, int64_t w, const float* k, float* rows, T* out,
+               const T* mask = nullptr) {
   const int64_t pw = w + 2, length = h * pw;
   const float *p0 = padded, *p1 = padded + pw, *p2 = padded + 2 * pw;  // reads up to (h + 2) * pw + 1
 #pragma omp simd
@@ -47,8 +53,17 @@ void correlate(const float* padded, int64_t h, int64_t w, const float* k, float*
   for (int64_t y = 0; y < h; ++y) {
     const float* from = rows + y * pw;
     T* to = out + y * w;
+    if (mask == nullptr) {
 #pragma omp simd
-    for (int64_t x = 0; x < w; ++x) to[x] = static_cast<T>(from[x]);
+      for (int64_t x = 0; x < w; ++x) to[x] = static_cast<T>(from[x]);
+    } else {
+      const T* where = mask + y * w;
+#pragma omp simd
+      for (int64_t x = 0; x < w; ++x) {
+        const float open = static_cast<float>(static_cast<float>(where[x]) > 0.0f);  // branch-free: signs are random
+        to[x] = static_cast<T>(from[x] * open);
+      }
+    }
   }
 }
 
@@ -63,7 +78,7 @@ struct Planes {
 };
 
 template <typename T>
-void forward(void** params, int64_t** shapes, bool channel_major) {
+void forward(void** params, int64_t** shapes, bool channel_major, bool relu) {
   const T* x = static_cast<const T*>(params[0]);
   const T* weight = static_cast<const T*>(params[1]);
   T* y = static_cast<T*>(params[2]);
@@ -75,14 +90,14 @@ void forward(void** params, int64_t** shapes, bool channel_major) {
     for (int64_t p = begin; p < end; ++p) {
       float k[9];
       for (int t = 0; t < 9; ++t) k[t] = static_cast<float>(weight[planes.channel(p) * 9 + t]);
-      pad_plane(x + p * plane, h, w, padded.data());
+      pad_plane(x + p * plane, h, w, padded.data(), relu);
       correlate(padded.data(), h, w, k, rows.data(), y + p * plane);
     }
   });
 }
 
 template <typename T>
-void backward(void** params, int64_t** shapes, bool channel_major) {
+void backward(void** params, int64_t** shapes, bool channel_major, bool relu) {
   const T* x = static_cast<const T*>(params[0]);
   const T* weight = static_cast<const T*>(params[1]);
   const T* dy = static_cast<const T*>(params[2]);
@@ -100,12 +115,12 @@ void backward(void** params, int64_t** shapes, bool channel_major) {
       float flipped[9];
       for (int t = 0; t < 9; ++t) flipped[t] = static_cast<float>(weight[ch * 9 + 8 - t]);  // turned by 180 degrees
       // dx: the gradient flows back through the same correlation with the turned kernel
-      pad_plane(dy + offset, h, w, padded_dy.data());
-      correlate(padded_dy.data(), h, w, flipped, rows.data(), dx + offset);
+      pad_plane(dy + offset, h, w, padded_dy.data(), false);
+      correlate(padded_dy.data(), h, w, flipped, rows.data(), dx + offset, relu ? x + offset : nullptr);
       // dweight[i][j] = sum over pixels of dy[y][x] * x_padded[y + i][x + j]. From its second row and
       // column on, padded dy is dy in rows of the padded stride with zeros in the two extra columns,
       // so all nine taps are one contiguous pass: x_padded shifted by i rows and j columns.
-      pad_plane(x + offset, h, w, padded_x.data());
+      pad_plane(x + offset, h, w, padded_x.data(), relu);
       const float* g = padded_dy.data() + pw + 1;
       const float *p0 = padded_x.data(), *p1 = p0 + pw, *p2 = p1 + pw;
       const int64_t length = h * pw;
@@ -136,41 +151,38 @@ void backward(void** params, int64_t** shapes, bool channel_major) {
   }
 }
 
-int forward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major) {
+int forward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major,
+                  bool relu) {
   const int bits = nparam == 3 ? float_bits(nparam, ndims, dtypes) : 0;
-  if (bits == 32) forward<float>(params, shapes, channel_major);
-  if (bits == 16) forward<_Float16>(params, shapes, channel_major);
+  if (bits == 32) forward<float>(params, shapes, channel_major, relu);
+  if (bits == 16) forward<_Float16>(params, shapes, channel_major, relu);
   return bits ? 0 : 1;
 }
 
-int backward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major) {
+int backward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major,
+                   bool relu) {
   const int bits = nparam == 5 ? float_bits(nparam, ndims, dtypes) : 0;
-  if (bits == 32) backward<float>(params, shapes, channel_major);
-  if (bits == 16) backward<_Float16>(params, shapes, channel_major);
+  if (bits == 32) backward<float>(params, shapes, channel_major, relu);
+  if (bits == 16) backward<_Float16>(params, shapes, channel_major, relu);
   return bits ? 0 : 1;
 }
 
 }  // namespace
 
-// inputs: x (N, C, H, W), weight (C, 1, 3, 3); output: y (N, C, H, W)
-extern "C" int Depthwise3x3Forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                   void* stream, void* extra) {
-  return forward_entry(nparam, params, ndims, shapes, dtypes, false);
-}
+// Forward: inputs x (N, C, H, W), weight (C, 1, 3, 3); output y (N, C, H, W).
+// Backward: inputs x, weight, dy; outputs dx (like x), dweight (like weight).
+// "CNHW": x, y, dy, dx are (C, N, H, W). "ReLU": of max(x, 0), as above.
+#define ENTRY_POINTS(NAME, CHANNEL_MAJOR, RELU)                                                                       \
+  extern "C" int Depthwise3x3Forward##NAME(int nparam, void** params, int* ndims, int64_t** shapes,                 \
+                                           const char** dtypes, void* stream, void* extra) {                         \
+    return forward_entry(nparam, params, ndims, shapes, dtypes, CHANNEL_MAJOR, RELU);                                \
+  }                                                                                                                  \
+  extern "C" int Depthwise3x3Backward##NAME(int nparam, void** params, int* ndims, int64_t** shapes,                \
+                                            const char** dtypes, void* stream, void* extra) {                        \
+    return backward_entry(nparam, params, ndims, shapes, dtypes, CHANNEL_MAJOR, RELU);                               \
+  }
 
-// inputs: x (N, C, H, W), weight (C, 1, 3, 3), dy (N, C, H, W); outputs: dx (N, C, H, W), dweight (C, 1, 3, 3)
-extern "C" int Depthwise3x3Backward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                    void* stream, void* extra) {
-  return backward_entry(nparam, params, ndims, shapes, dtypes, false);
-}
-
-// The same in the channel-major layout: x, y, dy, dx are (C, N, H, W)
-extern "C" int Depthwise3x3ForwardCNHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                       void* stream, void* extra) {
-  return forward_entry(nparam, params, ndims, shapes, dtypes, true);
-}
-
-extern "C" int Depthwise3x3BackwardCNHW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                        void* stream, void* extra) {
-  return backward_entry(nparam, params, ndims, shapes, dtypes, true);
-}
+ENTRY_POINTS(, false, false)
+ENTRY_POINTS(ReLU, false, true)
+ENTRY_POINTS(CNHW, true, false)
+ENTRY_POINTS(CNHWReLU, true, true)
