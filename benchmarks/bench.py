@@ -61,8 +61,9 @@ ASCEND_RECIPE = os.path.join(
 # Variants of ours for measuring one change at a time (--extra): every conv on MindSpore's native
 # kernel (as on Ascend/GPU); only the depthwise step native (grouped conv), the stem and strided
 # shortcut convs still as matmuls; the depthwise step as im2col + matmul (what runs where no C++
-# compiler builds the compiled kernel); and, for inference only, without BatchNorm folding (training
-# never folds: there it would be ``ours`` timed twice).
+# compiler builds the compiled kernel); the (N, C, H, W) layout throughout instead of the channel-major
+# one from entry block 3 on; and, for inference only, without BatchNorm folding (training never
+# folds: there it would be ``ours`` timed twice). All but the last are image-major throughout.
 EXTRA = ("ours_native_convs", "ours_grouped_dw", "ours_im2col_dw", "ours_image_major", "ours_unfolded_bn")
 INFERENCE_ONLY = ("ours_unfolded_bn",)
 
@@ -212,13 +213,19 @@ def make_step(network: str, case: str) -> Callable[[], None]:
     x = ms.Tensor(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32))
     net = build(network, kind)
     if kind == "infer":
-        return lambda: net(x).asnumpy()
-    labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
-    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
-    opt = nn.Momentum(net.trainable_params(), learning_rate=0.01, momentum=0.9)
-    step = nn.TrainOneStepCell(loss, opt)
-    step.set_train(True)
-    return lambda: step(x, labels).asnumpy()
+        cell, inputs = net, (x,)
+    else:
+        labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
+        loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        opt = nn.Momentum(net.trainable_params(), learning_rate=0.01, momentum=0.9)
+        cell, inputs = nn.TrainOneStepCell(loss, opt), (x, labels)
+        cell.set_train(True)
+
+    def run() -> None:
+        cell(*inputs).asnumpy()
+
+    run.compile = lambda: cell.compile(*inputs)  # the graph alone (child_main measures its memory)
+    return run
 
 
 def multiply_adds(network: str, size: int) -> int:
@@ -373,16 +380,20 @@ def peak_rss_mib() -> float:
 
 
 def child_main(case: str, network: str) -> None:
-    """Peak RSS of one step of ``case`` on ``network`` in this (fresh) process, as one JSON line."""
+    """Peak RSS after building ``network``, after compiling its graph (MindSpore) and after one step of ``case``,
+    in this (fresh) process, as one JSON line."""
     if not network.startswith("torch"):
         import mindspore as ms
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     step = make_step(network, case)
     built = peak_rss_mib()
+    if hasattr(step, "compile"):  # MindSpore: its compiled graph stays in memory
+        step.compile()
+    compiled = peak_rss_mib()
     step()  # the first step allocates what every later step reuses
     peak = peak_rss_mib()
-    print(json.dumps({"built_mib": round(built), "peak_mib": round(peak)}), flush=True)
+    print(json.dumps({"built_mib": round(built), "compiled_mib": round(compiled), "peak_mib": round(peak)}), flush=True)
 
 
 def cpu_info() -> Dict[str, object]:
@@ -586,7 +597,9 @@ def print_table(report: Dict) -> None:
         print(
             f"peak RSS {case:16} "
             + "  ".join(
-                f"{n}: {v['error']}" if "error" in v else f"{n}: {v['peak_mib']} MiB (built {v['built_mib']})"
+                f"{n}: {v['error']}"
+                if "error" in v
+                else f"{n}: {v['peak_mib']} MiB (built {v['built_mib']}, compiled {v['compiled_mib']})"
                 for n, v in m.items()
             )
         )
