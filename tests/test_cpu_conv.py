@@ -231,16 +231,20 @@ def test_separable_conv_has_the_same_parameters_either_way():
     assert shapes[0] == shapes[1] == {"depthwise.weight": (6, 1, 3, 3), "pointwise.weight": (9, 6, 1, 1)}
 
 
-def test_network_with_matmul_convs_equals_native_conv_network():
-    net = create_model("xception_small", num_classes=10)
+def assert_switch_keeps_the_output(net, x, switch):
+    """``net(x)`` (eval mode, random BatchNorm statistics) is the same after ``switch(net, False)`` and after
+    ``switch(net, True)``."""
     randomise_batch_norms(net)
     net.set_train(False)
-    x = images(2, 79)
-    set_matmul_convs(net, False)
+    switch(net, False)
     plain = net(x).asnumpy()
-    set_matmul_convs(net, True)
+    switch(net, True)
     net.compile_cache.clear()
     assert_close(net(x).asnumpy(), plain)
+
+
+def test_network_with_matmul_convs_equals_native_conv_network():
+    assert_switch_keeps_the_output(create_model("xception_small", num_classes=10), images(2, 79), set_matmul_convs)
 
 
 class LossGrads(nn.Cell):
@@ -393,14 +397,7 @@ def test_channel_major_layout_needs_the_compiled_kernel(monkeypatch):
 
 def test_channel_major_network_equals_the_image_major_network(kernels):
     net = create_model("xception_small", num_classes=10, middle_depth=1)
-    randomise_batch_norms(net)
-    net.set_train(False)
-    x = images(3, 75)
-    set_channel_major(net, False)
-    plain = net(x).asnumpy()
-    set_channel_major(net, True)
-    net.compile_cache.clear()
-    assert_close(net(x).asnumpy(), plain)
+    assert_switch_keeps_the_output(net, images(3, 75), set_channel_major)
 
 
 def test_channel_major_features_are_returned_as_nchw(kernels):

@@ -83,34 +83,18 @@ int fold_entry(int nparam, void** params, int* ndims, const char** dtypes, int64
 
 }  // namespace
 
-// input: x (N, C, H, W); output: cols (N, C * K * K, OH, OW) with OH = (H - K) / S + 1, OW likewise
-extern "C" int Unfold3x3Stride1(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                void* stream, void* extra) {
-  return unfold_entry<3, 1>(nparam, params, ndims, dtypes, shapes);
-}
+// Unfold: input x (N, C, H, W); output cols (N, C * K * K, OH, OW) with OH = (H - K) / S + 1, OW likewise.
+// Fold: inputs x (N, C, H, W) (for its shape), dcols (N, C * K * K, OH, OW); output dx (N, C, H, W).
+#define ENTRY_POINTS(NAME, K, S)                                                                                    \
+  extern "C" int Unfold##NAME(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,       \
+                              void* stream, void* extra) {                                                       \
+    return unfold_entry<K, S>(nparam, params, ndims, dtypes, shapes);                                            \
+  }                                                                                                              \
+  extern "C" int Fold##NAME(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,         \
+                            void* stream, void* extra) {                                                         \
+    return fold_entry<K, S>(nparam, params, ndims, dtypes, shapes);                                              \
+  }
 
-extern "C" int Unfold3x3Stride2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                void* stream, void* extra) {
-  return unfold_entry<3, 2>(nparam, params, ndims, dtypes, shapes);
-}
-
-extern "C" int Unfold1x1Stride2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                void* stream, void* extra) {
-  return unfold_entry<1, 2>(nparam, params, ndims, dtypes, shapes);
-}
-
-// inputs: x (N, C, H, W) (for its shape), dcols (N, C * K * K, OH, OW); output: dx (N, C, H, W)
-extern "C" int Fold3x3Stride1(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                              void* stream, void* extra) {
-  return fold_entry<3, 1>(nparam, params, ndims, dtypes, shapes);
-}
-
-extern "C" int Fold3x3Stride2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                              void* stream, void* extra) {
-  return fold_entry<3, 2>(nparam, params, ndims, dtypes, shapes);
-}
-
-extern "C" int Fold1x1Stride2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                              void* stream, void* extra) {
-  return fold_entry<1, 2>(nparam, params, ndims, dtypes, shapes);
-}
+ENTRY_POINTS(3x3Stride1, 3, 1)
+ENTRY_POINTS(3x3Stride2, 3, 2)
+ENTRY_POINTS(1x1Stride2, 1, 2)
