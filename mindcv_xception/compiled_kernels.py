@@ -8,9 +8,9 @@ plane (forward; input and weight gradients in one pass); ``kernels/unfold.cc`` i
 (unfold) of the stem's 3x3 convs and the shortcuts' strided 1x1 convs, and its backward (fold),
 which MindSpore's Im2Col and StridedSlice kernels did slowly.
 
-It is compiled at first use with the machine's C++ compiler (``$CXX``, default ``g++``) for the CPU
-it runs on (``-O3 -march=native``: AVX2 or AVX-512 code, whatever this CPU has), and kept
-in ``<cache>/kernels/`` (``weights.cache_dir``) under a key made of the source, the flags, the
+They are compiled, as one library, at first use with the machine's C++ compiler (``$CXX``, default
+``g++``) for the CPU it runs on (``-O3 -march=native``: AVX2 or AVX-512 code, whatever this CPU
+has), and kept in ``<cache>/kernels/`` (``weights.cache_dir``) under a key made of the sources, the flags, the
 compiler's version and the CPU's model and flags, so a cache shared by different machines holds
 one build per CPU. Without a compiler, or with ``MINDCV_XCEPTION_COMPILED_KERNELS=0``, the layers
 fall back to the im2col + matmul formulation and say so once in the log.
@@ -131,7 +131,7 @@ def cpu_kernels() -> Optional[CpuKernels]:
     """The compiled kernels for this CPU (built once and cached), or None where they cannot be used.
 
     None (logged once, with the reason) when switched off by ``MINDCV_XCEPTION_COMPILED_KERNELS=0``,
-    when MindSpore's device is not the CPU, or when no C++ compiler builds the source.
+    when MindSpore's device is not the CPU, or when no C++ compiler builds the sources.
     """
     import ctypes
 

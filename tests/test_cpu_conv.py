@@ -70,22 +70,25 @@ def test_compiled_depthwise_kernel_equals_grouped_conv_forward_and_backward(shap
     assert_close(dw.asnumpy(), dw_native.asnumpy())
 
 
+def swap_batch_and_channels(a: np.ndarray, swap: bool = True) -> np.ndarray:
+    """(N, C, H, W) as channel-major (C, N, H, W), contiguous, or back (its own inverse); ``a`` if not ``swap``."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3) if swap else a)
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 9, 11), (3, 4, 2, 17), (1, 3, 1, 1)])
 def test_compiled_depthwise_kernel_in_channel_major_layout_equals_the_image_major_one(shape, kernels):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(np.float32)
     w = ms.Tensor(rng.standard_normal((shape[1], 1, 3, 3)).astype(np.float32))
     g = rng.standard_normal(shape).astype(np.float32)
-
-    def to_cnhw(a):
-        return ms.Tensor(np.ascontiguousarray(a.transpose(1, 0, 2, 3)))
+    x_cm, g_cm = ms.Tensor(swap_batch_and_channels(x)), ms.Tensor(swap_batch_and_channels(g))
 
     image_major = CompiledDepthwise(compiled_depthwise_3x3(kernels))
     channel_major = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major=True))
-    assert_close(channel_major(to_cnhw(x), w).asnumpy().transpose(1, 0, 2, 3), image_major(ms.Tensor(x), w).asnumpy())
+    assert_close(swap_batch_and_channels(channel_major(x_cm, w).asnumpy()), image_major(ms.Tensor(x), w).asnumpy())
     dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(image_major, ms.Tensor(g)))(ms.Tensor(x), w)
-    dx_cm, dw_cm = ops.GradOperation(get_all=True)(WeightedSum2(channel_major, to_cnhw(g)))(to_cnhw(x), w)
-    assert_close(dx_cm.asnumpy().transpose(1, 0, 2, 3), dx.asnumpy())
+    dx_cm, dw_cm = ops.GradOperation(get_all=True)(WeightedSum2(channel_major, g_cm))(x_cm, w)
+    assert_close(swap_batch_and_channels(dx_cm.asnumpy()), dx.asnumpy())
     assert_close(dw_cm.asnumpy(), dw.asnumpy())
 
 
@@ -101,15 +104,15 @@ def test_compiled_depthwise_kernel_with_the_relu_fused_equals_relu_then_grouped_
     )(ms.Tensor(x))
 
     def layout(a):
-        return ms.Tensor(np.ascontiguousarray(a.transpose(1, 0, 2, 3) if channel_major else a))
+        return swap_batch_and_channels(a, channel_major)
 
     fused = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major, relu_input=True))
     weight = native.weight.value()
-    out = fused(layout(x), weight).asnumpy()
-    assert_close(out, layout(native(ms.Tensor(np.maximum(x, 0))).asnumpy()).asnumpy())
-    dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(fused, layout(g)))(layout(x), weight)
-    assert_close(dx.asnumpy(), layout(dx_native.asnumpy()).asnumpy())
-    assert np.all(dx.asnumpy()[layout(x).asnumpy() < 0] == 0)  # no gradient flows through the ReLU's zeros
+    out = fused(ms.Tensor(layout(x)), weight).asnumpy()
+    assert_close(out, layout(native(ms.Tensor(np.maximum(x, 0))).asnumpy()))
+    dx, dw = ops.GradOperation(get_all=True)(WeightedSum2(fused, ms.Tensor(layout(g))))(ms.Tensor(layout(x)), weight)
+    assert_close(dx.asnumpy(), layout(dx_native.asnumpy()))
+    assert np.all(dx.asnumpy()[layout(x) < 0] == 0)  # no gradient flows through the ReLU's zeros
     assert_close(dw.asnumpy(), dw_native.asnumpy())
 
 
