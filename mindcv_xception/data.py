@@ -376,8 +376,8 @@ class EncodedJpegs(DecodedImages):
             return np.frombuffer(data, np.uint8)
         import io
 
-        out = io.BytesIO()
-        Image.fromarray(decode_image(path, "RGB")).save(out, format="JPEG", quality=95)
+        out = io.BytesIO()  # decoded from the bytes already read, not the file again
+        Image.fromarray(decode_image(io.BytesIO(data), "RGB")).save(out, format="JPEG", quality=95)
         return np.frombuffer(out.getvalue(), np.uint8)
 
 
