@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import CLEAN_ENV, cpu_info, make_step, parse_case, torch_parts  # noqa: E402
+from bench import CLEAN_ENV, cpu_info, installed, make_step, parse_case, torch_parts  # noqa: E402
 
 KINDS = (
     "dense convs (1x1 pointwise, stem, shortcut)",
@@ -258,12 +258,9 @@ def main(argv: List[str] = None) -> None:
     print(f"CPU: {cpu['model']} x{cpu['logical_cpus']}, {' '.join(cpu['vector_extensions'])}", flush=True)
     results = {}
     for network in args.networks.split(","):
-        if network.startswith("torch"):
-            try:
-                __import__("torch")
-            except ImportError:
-                print(f"{network}: torch is not installed, skipped", flush=True)
-                continue
+        if network.startswith("torch") and not installed("torch"):
+            print(f"{network}: torch is not installed, skipped", flush=True)
+            continue
         results[network] = run_child(network, args.case, args.steps, args.warmup)
         print(f"{network}: step {results[network]['wall_ms']:.0f} ms", flush=True)
     if args.json:
