@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 SWITCH_ENV = "MINDCV_XCEPTION_COMPILED_KERNELS"
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-SOURCES = tuple(os.path.join(KERNELS_DIR, name) for name in ("depthwise3x3.cc", "unfold.cc"))
+SOURCES = tuple(os.path.join(KERNELS_DIR, name) for name in ("depthwise3x3.cc", "unfold.cc", "batchnorm.cc"))
 HEADERS = (os.path.join(KERNELS_DIR, "parallel.h"),)
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
 VECTOR_EXTENSIONS = (
@@ -81,13 +81,18 @@ class CpuKernels(NamedTuple):
     fold_3x3_stride1: str  # (x, dcols) -> dx
     fold_3x3_stride2: str
     fold_1x1_stride2: str
+    batch_norm_train: str  # (x, gamma, beta, eps) -> (y, mean, variance, invstd) with the batch's statistics, NCHW
+    batch_norm_train_grad: str  # (x, dy, gamma, mean, invstd) -> (dx, dgamma, dbeta)
+    batch_norm_train_cnhw: str  # the same in the channel-major layout
+    batch_norm_train_grad_cnhw: str
 
 
 # CpuKernels' fields after the library, in order
 ENTRY_POINTS = tuple(
     "Depthwise3x3Forward Depthwise3x3Backward Depthwise3x3ForwardReLU Depthwise3x3BackwardReLU "
     "Depthwise3x3ForwardCNHW Depthwise3x3BackwardCNHW Depthwise3x3ForwardCNHWReLU Depthwise3x3BackwardCNHWReLU "
-    "Unfold3x3Stride1 Unfold3x3Stride2 Unfold1x1Stride2 Fold3x3Stride1 Fold3x3Stride2 Fold1x1Stride2".split()
+    "Unfold3x3Stride1 Unfold3x3Stride2 Unfold1x1Stride2 Fold3x3Stride1 Fold3x3Stride2 Fold1x1Stride2 "
+    "BatchNormTrain BatchNormTrainGrad BatchNormTrainCNHW BatchNormTrainGradCNHW".split()
 )
 
 

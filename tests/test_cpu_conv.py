@@ -417,14 +417,19 @@ def test_channel_major_features_are_returned_as_nchw(kernels):
         assert_close(fast, reference)
 
 
-def test_channel_major_training_equals_image_major_training(kernels):
-    """Three momentum steps in training mode: same losses, weights and BatchNorm running statistics."""
+def test_training_channel_major_with_compiled_batch_norm_equals_plain_training(kernels):
+    """Three momentum steps in training mode, the default CPU network against an image-major one with
+    MindSpore's BatchNorm: same losses, weights and BatchNorm running statistics."""
     x, labels = images(4, 71), ms.Tensor(np.array([0, 1, 2, 3], np.int32))
     results = []
-    for channel_major in (False, True):
+    for fast in (False, True):
         ms.set_seed(5)
         net = create_model("xception_small", num_classes=4, middle_depth=1)
-        set_channel_major(net, channel_major)
+        set_channel_major(net, fast)
+        batch_norms = [cell for _, cell in net.cells_and_names() if isinstance(cell, cpu_conv.BatchNorm2d)]
+        assert batch_norms and all(bn.use_compiled_kernel for bn in batch_norms)
+        for bn in batch_norms:
+            bn.use_compiled_kernel = fast
         loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
         step = nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 0.05, 0.9))
         step.set_train(True)
@@ -438,3 +443,63 @@ def test_channel_major_training_equals_image_major_training(kernels):
             assert_close(fast[name], plain[name], rtol=1e-2)
     moving = [n for n in plain if n.endswith("moving_mean") and "middle_flow" in n]
     assert moving and all(np.abs(plain[n]).max() > 0 for n in moving)  # the running statistics did move
+
+
+class BatchNormGrads(nn.Cell):
+    """The input, gamma and beta gradients of BatchNorm for the upstream gradient dy."""
+
+    def __init__(self, bn, dy):
+        super().__init__()
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+        self.loss = WeightedSum(bn, dy)
+        self.params = ms.ParameterTuple(bn.trainable_params())
+
+    def construct(self, x):
+        (dx,), (dgamma, dbeta) = self.grad(self.loss, self.params)(x)
+        return dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("channel_major", [False, True], ids=["nchw", "cnhw"])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (5, 3, 1, 1), (8, 5, 3, 3)])
+def test_compiled_batch_norm_equals_mindspore_batch_norm_in_training(shape, channel_major, kernels):
+    """The three gradients, the output and the updated moving statistics, after two steps."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32) * 3 + 2  # a mean far from 0: variance by cancellation
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+    results = []
+    for compiled in (False, True):
+        bn = cpu_conv.BatchNorm2d(shape[1], eps=1e-3, momentum=0.9)
+        bn.gamma.set_data(ms.Tensor(gamma))
+        bn.beta.set_data(ms.Tensor(beta))
+        assert bn.use_compiled_kernel
+        bn.use_compiled_kernel = compiled
+        bn.channel_major = channel_major and compiled  # MindSpore's kernel, the reference, in (N, C, H, W)
+        bn.set_train(True)
+        swap = bn.channel_major
+        inputs = ms.Tensor(swap_batch_and_channels(x, swap))
+        dx, dgamma, dbeta = (
+            t.asnumpy() for t in BatchNormGrads(bn, ms.Tensor(swap_batch_and_channels(dy, swap)))(inputs)
+        )
+        y = bn(inputs).asnumpy()
+        results.append(
+            [swap_batch_and_channels(y, swap), swap_batch_and_channels(dx, swap), dgamma, dbeta]
+            + [bn.moving_mean.asnumpy(), bn.moving_variance.asnumpy()]
+        )
+    assert not np.allclose(results[0][4], 0)  # the moving statistics moved
+    for fast, reference in zip(results[1], results[0]):
+        assert_close(fast, reference, rtol=1e-4)
+
+
+def test_batch_norm_keeps_mindspore_kernels_outside_float32_training(kernels):
+    """Evaluation uses the moving statistics and float16 (mixed precision O3) MindSpore's kernel: both as before."""
+    x = images(2, 9)
+    for train, dtype in ((False, ms.float32), (True, ms.float16)):
+        outputs = []
+        for compiled in (False, True):
+            bn = cpu_conv.BatchNorm2d(3, eps=1e-3)
+            bn.moving_mean.set_data(ms.Tensor(np.array([0.5, -1, 2], np.float32)))
+            bn.use_compiled_kernel = compiled
+            bn.set_train(train)
+            outputs.append(bn(x.astype(dtype)).asnumpy().astype(np.float32))
+        np.testing.assert_array_equal(outputs[1], outputs[0])
