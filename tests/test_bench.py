@@ -115,6 +115,15 @@ def test_profile_puts_kernels_after_the_steps_first_gradient_kernel_in_the_backw
     assert table[optimizer] == {"optimizer": 0.5}
 
 
+def test_profile_tells_our_custom_operators_apart_by_their_cell():
+    import profile_step
+
+    kind = profile_step.mindspore_kind
+    assert kind("Custom", "Default/net/bn-BatchNorm2d/Custom-op7") == profile_step.KINDS[3]
+    assert kind("Custom", "Default/net/conv-MatmulConv2d/Custom-op8") == profile_step.KINDS[2]
+    assert kind("Custom", "Default/net/sep-SeparableConv2d/Custom-op9") == profile_step.KINDS[1]
+
+
 def test_profile_tells_pytorchs_depthwise_convs_by_their_weight_shape():
     import profile_step
 
