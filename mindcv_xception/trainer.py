@@ -29,6 +29,7 @@ from .preprocessing import PREPROCESSING_KEY
 from .preprocessing import from_config as preprocessing_from_config
 from .run_folder import RunLock, claim_for_new_run
 from .stopping import StopRequest
+from .training_step import compile_step
 
 logger = logging.getLogger("mindcv_xception")
 
@@ -368,7 +369,7 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
     global_step, skip = int(meta["global_step"]), int(meta.get("step_in_epoch") or 0)
     if start_epoch >= cfg.epoch_size:
         logger.info("The run is already complete (%d of %d epochs)", start_epoch, cfg.epoch_size)
-    nonfinite = 0
+    nonfinite, step_compiled = 0, False
     last: Dict[str, object] = {}
     run_start = time.time()
     run_meta = {
@@ -399,6 +400,9 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
             iterator = dataset.create_tuple_iterator(num_epochs=1)
             try:
                 for i, (images, labels) in enumerate(iterator, start=first):
+                    if not step_compiled:  # this process's first step
+                        compile_step(step_cell, images, labels)
+                        step_compiled = True
                     loss = float(step_cell(images, labels).asnumpy())
                     global_step += 1
                     seen += images.shape[0]
