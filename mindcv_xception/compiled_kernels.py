@@ -81,7 +81,9 @@ class CpuKernels(NamedTuple):
     fold_3x3_stride1: str  # (x, dcols) -> dx
     fold_3x3_stride2: str
     fold_1x1_stride2: str
-    batch_norm_train: str  # (x, gamma, beta, eps) -> (y, mean, variance, invstd) with the batch's statistics, NCHW
+    # (x, gamma, beta, moving mean, moving variance, [eps, momentum]) -> (y, mean, invstd, moving mean, moving
+    # variance): with the batch's statistics, NCHW
+    batch_norm_train: str
     batch_norm_train_grad: str  # (x, dy, gamma, mean, invstd) -> (dx, dgamma, dbeta)
     batch_norm_train_cnhw: str  # the same in the channel-major layout
     batch_norm_train_grad_cnhw: str

@@ -201,26 +201,30 @@ def _per_image(x: Tensor, n: int) -> Tensor:
 def compiled_batch_norm(kernels: CpuKernels, channel_major: bool = False) -> ops.Custom:
     """Batch normalisation with the batch's statistics (training) as an operator on the C++ kernel built for this CPU.
 
-    ``op(x, gamma, beta, eps)`` is ``(y, mean, variance, invstd)``: ``y`` equals MindSpore's training
-    ``BatchNorm`` up to float rounding, ``mean`` and the biased ``variance`` are the batch's, per
-    channel, ``invstd`` is ``1 / sqrt(variance + eps)``; ``eps`` is a 1-element tensor. ``x`` is
-    (N, C, H, W), or (C, N, H, W) with ``channel_major``; float32 only. Its backward pass computes the
-    input, gamma and beta gradients in one kernel call from ``x`` and the forward's mean and invstd.
+    ``op(x, gamma, beta, moving_mean, moving_variance, settings)`` is ``(y, mean, invstd, new_moving_mean,
+    new_moving_variance)``: ``y`` equals MindSpore's training ``BatchNorm`` up to float rounding,
+    ``mean`` is the batch's per channel, ``invstd`` is ``1 / sqrt(variance + eps)`` (the biased batch
+    variance), and the moving statistics are updated as MindSpore's ``BatchNorm`` updates them
+    (``moving += (batch - moving) * momentum``, the unbiased batch variance); ``settings`` is the
+    tensor ``[eps, momentum]``. ``x`` is (N, C, H, W), or (C, N, H, W) with ``channel_major``;
+    float32 only. Its backward pass computes the input, gamma and beta gradients in one kernel call
+    from ``x`` and the forward's mean and invstd.
     """
     forward = kernels.batch_norm_train_cnhw if channel_major else kernels.batch_norm_train
     backward = kernels.batch_norm_train_grad_cnhw if channel_major else kernels.batch_norm_train_grad
 
-    def outputs(x, gamma, beta, eps):
-        return x, gamma, gamma, gamma
+    def outputs(x, gamma, beta, moving_mean, moving_variance, settings):
+        return x, gamma, gamma, gamma, gamma
 
     def gradients(x, dy, gamma, mean, invstd):
         return x, gamma, gamma
 
     backward_op = ops.Custom(backward, gradients, gradients, func_type="aot")
 
-    def bprop(x, gamma, beta, eps, out, dout):
-        dx, dgamma, dbeta = backward_op(x, dout[0], gamma, out[1], out[3])
-        return dx, dgamma, dbeta, ops.zeros_like(eps)
+    def bprop(x, gamma, beta, moving_mean, moving_variance, settings, out, dout):
+        dx, dgamma, dbeta = backward_op(x, dout[0], gamma, out[1], out[2])
+        no_gradient = ops.zeros_like
+        return dx, dgamma, dbeta, no_gradient(moving_mean), no_gradient(moving_variance), no_gradient(settings)
 
     return ops.Custom(forward, outputs, outputs, func_type="aot", bprop=bprop)
 
@@ -231,8 +235,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     The statistics are per channel over all images and pixels either way; channel-major input is
     normalised as one (1, C, N*H, W) image, each channel one contiguous block. In training, float32
     input is normalised by the C++ kernel built for this CPU where there is one (``compiled_batch_norm``,
-    ``use_compiled_kernel``; 3-5x faster than MindSpore's CPU kernel, forward and backward), and the
-    moving statistics are updated as MindSpore's ``BatchNorm`` does (the unbiased batch variance).
+    ``use_compiled_kernel``; 3-5x faster than MindSpore's CPU kernel, forward and backward), which
+    also updates the moving statistics as MindSpore's ``BatchNorm`` does (the unbiased batch variance).
     """
 
     channel_major = False
@@ -245,16 +249,15 @@ class BatchNorm2d(nn.BatchNorm2d):
         if kernels is not None:
             self.train_op = compiled_batch_norm(kernels, False)
             self.train_op_cnhw = compiled_batch_norm(kernels, True)
-        self.eps_tensor = Tensor([eps], ms.float32)
+        self.settings = Tensor([eps, self.momentum], ms.float32)  # self.momentum: MindSpore's, 1 - the decay
 
     def _compiled_training(self, x: Tensor) -> Tensor:
         op = self.train_op_cnhw if self.channel_major else self.train_op
-        y, mean, variance, _ = op(x, self.gamma, self.beta, self.eps_tensor)
-        values = x.size // self.num_features
-        unbiased = variance * (values / max(values - 1, 1))
-        # self.momentum is MindSpore's (1 - the decay): moving += (batch - moving) * momentum
-        y = ops.depend(y, ops.assign_sub(self.moving_mean, (self.moving_mean - mean) * self.momentum))
-        return ops.depend(y, ops.assign_sub(self.moving_variance, (self.moving_variance - unbiased) * self.momentum))
+        y, _, _, moving_mean, moving_variance = op(
+            x, self.gamma, self.beta, self.moving_mean, self.moving_variance, self.settings
+        )
+        y = ops.depend(y, ops.assign(self.moving_mean, moving_mean))
+        return ops.depend(y, ops.assign(self.moving_variance, moving_variance))
 
     def construct(self, x: Tensor) -> Tensor:
         batch_statistics = self.training if self.use_batch_statistics is None else self.use_batch_statistics
@@ -380,14 +383,19 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
     """Switch every conv of ``net`` between its matmul formulation and MindSpore's native kernel.
 
     The parameters are the same either way; only the computation changes (e.g. for ONNX export,
-    which has no Im2Col). The native kernels take the usual (N, C, H, W) layout: switching to them
-    also leaves the channel-major layout; switching back does not restore it (``set_channel_major``).
-    Call before the network is compiled, or clear its ``compile_cache``.
+    which has no Im2Col). Native means MindSpore's kernels throughout, as on Ascend and GPU: the
+    batch norms leave their compiled kernel too, and as the native convs take the usual
+    (N, C, H, W) layout, the network leaves the channel-major layout; switching back does not
+    restore that (``set_channel_major``). Call before the network is compiled, or clear its
+    ``compile_cache``.
     """
     if not as_matmul:
         set_channel_major(net, False)
     for _, cell, attribute in matmul_conv_switches(net):
         setattr(cell, attribute, as_matmul)
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, BatchNorm2d):
+            cell.use_compiled_kernel = as_matmul and cell.train_op is not None
 
 
 def channel_major_possible(net: nn.Cell) -> bool:

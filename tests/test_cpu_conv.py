@@ -384,6 +384,8 @@ def test_network_runs_channel_major_on_cpu_where_the_compiled_kernel_is(kernels)
     assert net.entry_flow[2].units[0].bn.channel_major and net.middle_flow[0].units[0].bn.channel_major
     set_matmul_convs(net, False)  # the native kernels take (N, C, H, W)
     assert not any(getattr(cell, "channel_major", False) for _, cell in net.cells_and_names())
+    batch_norms = [cell for _, cell in net.cells_and_names() if isinstance(cell, cpu_conv.BatchNorm2d)]
+    assert batch_norms and not any(bn.use_compiled_kernel for bn in batch_norms)  # MindSpore's, as on Ascend
 
 
 def test_channel_major_layout_needs_the_compiled_kernel(monkeypatch):

@@ -33,16 +33,21 @@ struct Channels {
   double values() const { return static_cast<double>(blocks * length); }
 };
 
-// inputs x, gamma, beta, eps (1 value); outputs y (like x), mean, biased variance, 1 / sqrt(variance + eps)
+// inputs x, gamma, beta, moving mean, moving variance, (eps, momentum); outputs y (like x), the batch's mean,
+// 1 / sqrt(biased variance + eps), and the moving mean and variance updated as MindSpore's BatchNorm does:
+// moving += (batch - moving) * momentum, with the unbiased batch variance.
 void forward(void** params, int64_t** shapes, bool channel_major) {
   const float* x = static_cast<const float*>(params[0]);
   const float* gamma = static_cast<const float*>(params[1]);
   const float* beta = static_cast<const float*>(params[2]);
-  const double eps = static_cast<const float*>(params[3])[0];
-  float* y = static_cast<float*>(params[4]);
-  float* mean_out = static_cast<float*>(params[5]);
-  float* variance_out = static_cast<float*>(params[6]);
-  float* invstd_out = static_cast<float*>(params[7]);
+  const float* moving_mean = static_cast<const float*>(params[3]);
+  const float* moving_variance = static_cast<const float*>(params[4]);
+  const double eps = static_cast<const float*>(params[5])[0], momentum = static_cast<const float*>(params[5])[1];
+  float* y = static_cast<float*>(params[6]);
+  float* mean_out = static_cast<float*>(params[7]);
+  float* invstd_out = static_cast<float*>(params[8]);
+  float* moving_mean_out = static_cast<float*>(params[9]);
+  float* moving_variance_out = static_cast<float*>(params[10]);
   const Channels channels(shapes[0], channel_major);
   parallel_for(channels.count, [=](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -67,8 +72,10 @@ void forward(void** params, int64_t** shapes, bool channel_major) {
         for (int64_t i = 0; i < channels.length; ++i) to[i] = (from[i] - shift) * scale + offset;
       }
       mean_out[c] = static_cast<float>(mean);
-      variance_out[c] = static_cast<float>(variance);
       invstd_out[c] = static_cast<float>(invstd);
+      const double values = channels.values(), unbiased = variance * values / std::max(values - 1, 1.0);
+      moving_mean_out[c] = static_cast<float>(moving_mean[c] + (mean - moving_mean[c]) * momentum);
+      moving_variance_out[c] = static_cast<float>(moving_variance[c] + (unbiased - moving_variance[c]) * momentum);
     }
   });
 }
@@ -130,7 +137,7 @@ bool all_float32(int nparam, int* ndims, const char** dtypes) {
 #define ENTRY_POINTS(NAME, CHANNEL_MAJOR)                                                                             \
   extern "C" int BatchNormTrain##NAME(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, \
                                       void* stream, void* extra) {                                                 \
-    if (nparam != 8 || !all_float32(nparam, ndims, dtypes)) return 1;                                               \
+    if (nparam != 11 || !all_float32(nparam, ndims, dtypes)) return 1;                                              \
     forward(params, shapes, CHANNEL_MAJOR);                                                                         \
     return 0;                                                                                                       \
   }                                                                                                                 \
