@@ -505,3 +505,42 @@ def test_batch_norm_keeps_mindspore_kernels_outside_float32_training(kernels):
             bn.set_train(train)
             outputs.append(bn(x.astype(dtype)).asnumpy().astype(np.float32))
         np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+PEAK_MEMORY_OF_ONE_STEP = """
+import sys
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+from mindcv_xception import Xception, cpu_conv
+net = Xception(num_classes=10)
+if sys.argv[1] == "keep":
+    for _, cell in net.cells_and_names():
+        names = ("depthwise_compiled", "depthwise_compiled_cnhw", "compiled_unfold")
+        ops = [getattr(cell, name, None) for name in names]
+        cpu_conv.recompute_in_backward(*[op for op in ops if op is not None], recompute=False)
+loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+step = nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 0.01, 0.9))
+step.set_train(True)
+x = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (4, 3, 200, 200)).astype(np.float32))
+step(x, ms.Tensor(np.arange(4, dtype=np.int32))).asnumpy()
+with open("/proc/self/status") as status:
+    print(next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:")))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set size from /proc")
+def test_training_recomputes_depthwise_and_unfold_outputs_instead_of_keeping_them(kernels, tmp_path):
+    from helpers import run_script
+
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_MEMORY_OF_ONE_STEP)
+    peaks = {}
+    for mode in ("keep", "recompute"):
+        code, out, err = run_script([str(script), mode], timeout=600)
+        assert code == 0, err[-2000:]
+        peaks[mode] = int(out.strip().splitlines()[-1])
+    # at 200 px, batch 4: the stem's columns and the depthwise outputs are about 90 MB
+    assert peaks["recompute"] < peaks["keep"] - 50, peaks
