@@ -189,10 +189,11 @@ def compiled_unfold(kernels: CpuKernels, size: int, stride: int) -> ops.Custom:
 def recompute_in_backward(*operators: ops.Primitive, recompute: bool = True) -> None:
     """Have MindSpore compute these operators' outputs again in the backward pass instead of keeping them.
 
-    For the compiled depthwise conv and unfold: their outputs (the pointwise conv's input, the stem's
-    im2col columns, 9x its input) are needed only by the next conv's weight gradient, and computing
-    them again costs little time (no difference measurable in a step) while keeping them cost 0.4 GB
-    of the 3.0 GB a training step at 299 px, batch 8, peaked at (README, "Peak memory").
+    For the compiled depthwise conv and unfold (and Xception's max-pools, on CPU): their outputs (the
+    pointwise conv's input, the stem's im2col columns, 9x its input) are needed only by the next
+    conv's weight gradient (the pool's by its own gradient), and computing them again costs little
+    time (no difference measurable in a step) while keeping them cost 0.45 GB of the 3.0 GB a
+    training step at 299 px, batch 8, peaked at (README, "Peak memory").
     """
     for op in operators:
         op.add_prim_attr("recompute", recompute)  # what Primitive.recompute does (which it then shadows)

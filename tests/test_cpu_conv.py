@@ -520,6 +520,8 @@ if sys.argv[1] == "keep":
         names = ("depthwise_compiled", "depthwise_compiled_cnhw", "compiled_unfold")
         ops = [getattr(cell, name, None) for name in names]
         cpu_conv.recompute_in_backward(*[op for op in ops if op is not None], recompute=False)
+        if hasattr(cell, "pool"):
+            cpu_conv.recompute_in_backward(cell.pool.max_pool, recompute=False)
 loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
 step = nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 0.01, 0.9))
 step.set_train(True)
@@ -532,7 +534,7 @@ with open("/proc/self/status") as status:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set size from /proc")
-def test_training_recomputes_depthwise_and_unfold_outputs_instead_of_keeping_them(kernels, tmp_path):
+def test_training_recomputes_depthwise_unfold_and_pool_outputs_instead_of_keeping_them(kernels, tmp_path):
     from helpers import run_script
 
     script = tmp_path / "peak.py"
@@ -542,5 +544,5 @@ def test_training_recomputes_depthwise_and_unfold_outputs_instead_of_keeping_the
         code, out, err = run_script([str(script), mode], timeout=600)
         assert code == 0, err[-2000:]
         peaks[mode] = int(out.strip().splitlines()[-1])
-    # at 200 px, batch 4: the stem's columns and the depthwise outputs are about 90 MB
+    # at 200 px, batch 4: the stem's columns, the depthwise and pool outputs are about 90 MB
     assert peaks["recompute"] < peaks["keep"] - 50, peaks
