@@ -85,20 +85,16 @@ void correlate(const float* padded, int64_t n, int64_t h, int64_t w, const float
 constexpr int64_t STACK_FLOATS = 1024;
 
 struct Items {
-  int64_t count, stack, per_channel, h, w;
-  Items(int64_t** shapes, bool channel_major) : h(shapes[0][2]), w(shapes[0][3]) {
-    const int64_t n = shapes[0][channel_major ? 1 : 0], c = shapes[0][channel_major ? 0 : 1];
-    stack = 1;  // the largest divisor of n whose stack fits STACK_FLOATS
-    for (int64_t s = 2; channel_major && s <= n && padded_rows(s, h) * (w + 2) <= STACK_FLOATS; ++s) {
+  int64_t n, c, h, w, stack = 1;  // stack: the largest divisor of n whose stack fits STACK_FLOATS (CNHW)
+  bool channel_major;
+  Items(int64_t** shapes, bool cm)
+      : n(shapes[0][cm ? 1 : 0]), c(shapes[0][cm ? 0 : 1]), h(shapes[0][2]), w(shapes[0][3]), channel_major(cm) {
+    for (int64_t s = 2; cm && s <= n && padded_rows(s, h) * (w + 2) <= STACK_FLOATS; ++s) {
       if (n % s == 0) stack = s;
     }
-    per_channel = channel_major ? n / stack : 1;
-    count = n * c / stack;
-    channels = c, cm = channel_major;
   }
-  int64_t channels;
-  bool cm;
-  int64_t channel(int64_t item) const { return cm ? item / per_channel : item % channels; }
+  int64_t count() const { return n * c / stack; }
+  int64_t channel(int64_t item) const { return channel_major ? item / (n / stack) : item % c; }
   int64_t offset(int64_t item) const { return item * stack * h * w; }
   int64_t padded_size() const { return padded_rows(stack, h) * (w + 2) + 2; }
   int64_t rows_size() const { return (padded_rows(stack, h) - 2) * (w + 2); }
@@ -110,7 +106,7 @@ void forward(void** params, int64_t** shapes, bool channel_major, bool relu) {
   const T* weight = static_cast<const T*>(params[1]);
   T* y = static_cast<T*>(params[2]);
   const Items items(shapes, channel_major);
-  parallel_for(items.count, [=](int64_t begin, int64_t end) {
+  parallel_for(items.count(), [=](int64_t begin, int64_t end) {
     std::vector<float> padded(items.padded_size()), rows(items.rows_size());
     for (int64_t item = begin; item < end; ++item) {
       float k[9];
@@ -129,23 +125,23 @@ void backward(void** params, int64_t** shapes, bool channel_major, bool relu) {
   T* dx = static_cast<T*>(params[3]);
   T* dweight = static_cast<T*>(params[4]);
   const Items items(shapes, channel_major);
-  const int64_t n = items.stack, h = items.h, w = items.w, pw = w + 2;
-  std::vector<float> partial(items.count * 9);  // each item's share of the weight gradient
+  const int64_t stack = items.stack, h = items.h, w = items.w, pw = w + 2;
+  std::vector<float> partial(items.count() * 9);  // each item's share of the weight gradient
   float* shares = partial.data();
-  parallel_for(items.count, [=](int64_t begin, int64_t end) {
+  parallel_for(items.count(), [=](int64_t begin, int64_t end) {
     std::vector<float> padded_dy(items.padded_size()), padded_x(items.padded_size()), rows(items.rows_size());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t ch = items.channel(item), offset = items.offset(item);
       float flipped[9];
       for (int t = 0; t < 9; ++t) flipped[t] = static_cast<float>(weight[ch * 9 + 8 - t]);  // turned by 180 degrees
       // dx: the gradient flows back through the same correlation with the turned kernel
-      pad_planes(dy + offset, n, h, w, padded_dy.data(), false);
-      correlate(padded_dy.data(), n, h, w, flipped, rows.data(), dx + offset, relu ? x + offset : nullptr);
+      pad_planes(dy + offset, stack, h, w, padded_dy.data(), false);
+      correlate(padded_dy.data(), stack, h, w, flipped, rows.data(), dx + offset, relu ? x + offset : nullptr);
       // dweight[i][j] = sum over pixels of dy[y][x] * x_padded[y + i][x + j]. From its second row and
       // column on, padded dy is dy in rows of the padded stride with zeros in the two extra columns (and
       // the rows between planes), so all nine taps are one contiguous pass: x_padded shifted by i rows
       // and j columns.
-      pad_planes(x + offset, n, h, w, padded_x.data(), relu);
+      pad_planes(x + offset, stack, h, w, padded_x.data(), relu);
       const float* g = padded_dy.data() + pw + 1;
       const float *p0 = padded_x.data(), *p1 = p0 + pw, *p2 = p1 + pw;
       const int64_t length = items.rows_size();
@@ -167,11 +163,11 @@ void backward(void** params, int64_t** shapes, bool channel_major, bool relu) {
       share[5] = s5, share[6] = s6, share[7] = s7, share[8] = s8;
     }
   });
-  std::vector<double> sums(items.channels * 9, 0.0);
-  for (int64_t item = 0; item < items.count; ++item) {
+  std::vector<double> sums(items.c * 9, 0.0);
+  for (int64_t item = 0; item < items.count(); ++item) {
     for (int t = 0; t < 9; ++t) sums[items.channel(item) * 9 + t] += shares[item * 9 + t];
   }
-  for (int64_t i = 0; i < items.channels * 9; ++i) dweight[i] = static_cast<T>(sums[i]);
+  for (int64_t i = 0; i < items.c * 9; ++i) dweight[i] = static_cast<T>(sums[i]);
 }
 
 int forward_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool channel_major,
