@@ -28,7 +28,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .preprocessing import IMAGE_EXTENSIONS, Preprocessing, decode_image, eval_transforms, from_config
+from .preprocessing import (
+    IMAGE_EXTENSIONS,
+    Preprocessing,
+    decode_image,
+    eval_transforms,
+    from_config,
+    to_normalized_chw,
+)
 
 logger = logging.getLogger(__name__)
 SCAN_INDEX_VERSION = 1
@@ -416,6 +423,18 @@ def val_order(n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndar
     return np.concatenate([mine, -np.ones(n_batches * batch_size - len(mine), dtype=np.int64)])
 
 
+def _normalize_after_transpose(ops: list) -> list:
+    """mindcv's ``Normalize, HWC2CHW`` pair swapped to ``HWC2CHW, Normalize(is_hwc=False)``: same output, faster."""
+    from mindspore.dataset import vision
+
+    out = list(ops)
+    for i in range(len(out) - 1):
+        op, following = out[i], out[i + 1]
+        if isinstance(op, vision.Normalize) and op.is_hwc and isinstance(following, vision.HWC2CHW):
+            out[i : i + 2] = to_normalized_chw(op.mean, op.std)
+    return out
+
+
 def _without_decode(ops: list) -> list:
     """mindcv's transform lists start by decoding bytes; our ``DecodedImages`` source yields decoded arrays."""
     from mindspore.dataset import vision
@@ -470,14 +489,19 @@ def train_transforms(cfg, decoded: bool = True) -> list:
         mean=cfg.mean,
         std=cfg.std,
     )
+    ops = _normalize_after_transpose(ops)
     return _without_decode(ops) if decoded else ops
 
 
 def _pipeline(source: DecodedImages, ops: list, workers: int, columns: List[str]):
     import mindspore.dataset as ds
 
+    # The source runs in one thread; the decoding and augmentation in ``workers`` threads. MindSpore's
+    # threaded GeneratorDataset workers hand every row over through Python queues, and under the GIL
+    # that cost more than the work: 2 workers delivered 421 rows of JPEG bytes a second, 1 worker 6238
+    # (PIL-decoded images: 351 against 806), on 2 cores.
     dataset = ds.GeneratorDataset(
-        source, column_names=columns, shuffle=False, num_parallel_workers=max(1, workers), python_multiprocessing=False
+        source, column_names=columns, shuffle=False, num_parallel_workers=1, python_multiprocessing=False
     )
     return dataset.map(operations=ops, input_columns="image", num_parallel_workers=max(1, workers))
 

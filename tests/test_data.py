@@ -354,3 +354,38 @@ def test_a_jpeg_corrupt_behind_whole_markers_does_not_stop_training(tmp_path):
     open(path, "wb").write(bytes(data))
     batches, _ = _batches(str(tmp_path))
     assert len(batches) == 1 and batches[0].shape == (8, 3, 96, 96) and np.isfinite(batches[0]).all()
+
+
+def test_training_transforms_give_mindcvs_output_bitwise_with_the_transpose_moved_first(tmp_path):
+    from mindcv.data import create_transforms
+    from mindspore.dataset import vision
+
+    from helpers import WHOLE_IMAGES, sample_photos
+    from mindcv_xception.config import parse_config
+    from mindcv_xception.data import train_transforms
+
+    cfg = parse_config(["--data_dir", str(tmp_path), "--image_resize", "96", *WHOLE_IMAGES, "--re_prob", "0"])
+    ours = train_transforms(cfg, decoded=True)
+    kinds = [type(op).__name__ for op in ours]
+    assert kinds.index("HWC2CHW") < kinds.index("Normalize")  # the uint8 image is transposed, not the float one
+    theirs = create_transforms(
+        "imagenet",
+        image_resize=96,
+        is_training=True,
+        scale=(1, 1),
+        ratio=(1, 1),
+        hflip=0.0,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+    theirs = [vision.RandomResizedCrop(96, (1, 1), (1, 1), theirs[0].interpolation)] + theirs[1:]
+    for photo in sample_photos():
+        image = np.asarray(photo.convert("RGB"))
+        a, b = image, image
+        for op in ours:
+            a = op(a)
+        for op in theirs:
+            b = op(b)
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (3, 96, 96)
+        np.testing.assert_array_equal(a, b)

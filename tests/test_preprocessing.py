@@ -129,3 +129,23 @@ def test_infer_on_an_image_and_validate_on_its_folder_give_the_same_logits(kind,
     inferred = image_logits(inference_network(net), images, prep)
     assert validated.shape == inferred.shape == (2, 2)
     np.testing.assert_allclose(validated, inferred, rtol=1e-4, atol=1e-4 * np.abs(inferred).max())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_evaluation_transforms_equal_normalising_before_the_transpose_bitwise(mode):
+    from mindspore.dataset import vision
+
+    from mindcv_xception.preprocessing import decode_image, eval_transforms
+
+    prep = replace(MINDCV, image_size=71)
+    if mode == "L":
+        prep = replace(prep, mean=(118.0,), std=(57.0,), channel_order="L")
+    image = decode_image(sample_photos()[0].convert(mode), prep.channel_order)
+    ours = image
+    for op in eval_transforms(prep):
+        ours = op(ours)
+    classic = image
+    for op in eval_transforms(prep)[:2] + [vision.Normalize(list(prep.mean), list(prep.std)), vision.HWC2CHW()]:
+        classic = op(classic)
+    assert ours.shape == classic.shape == (image.shape[2], 71, 71)
+    np.testing.assert_array_equal(ours, classic)
