@@ -73,11 +73,13 @@ CLASSIFIER_OPS = ("MatMul", "BiasAdd", "Dropout", "ReduceMean", "Exp", "Log", "R
 def mindspore_kind(op_type: str, name: str = "") -> str:
     """The kind of work of a MindSpore CPU kernel, by its op type (and, for custom ops, its cell: a
     custom op inside a ``MatmulConv2d`` is the stem's compiled unfold, inside a ``BatchNorm2d`` the
-    compiled batch norm, elsewhere the depthwise kernel)."""
+    compiled batch norm, inside a ``MaxPool3x3Stride2`` the compiled pool, elsewhere the depthwise kernel)."""
     if op_type == "Custom" and "MatmulConv2d" in name:
         return KINDS[2]
     if op_type == "Custom" and "BatchNorm2d" in name:
         return KINDS[3]
+    if op_type == "Custom" and "MaxPool3x3Stride2" in name:
+        return KINDS[5]
     if op_type in MINDSPORE_KINDS:
         return KINDS[MINDSPORE_KINDS[op_type]]
     if op_type.startswith(CLASSIFIER_OPS) or "Softmax" in op_type or "Dropout" in op_type:  # SparseSoftmax...

@@ -6,7 +6,8 @@ MindSpore 2.10's CPU kernels for the 3x3 depthwise convolution are slow, and so 
 README's profile). ``kernels/depthwise3x3.cc`` computes the same convolution directly, plane by
 plane (forward; input and weight gradients in one pass); ``kernels/unfold.cc`` is the im2col
 (unfold) of the stem's 3x3 convs and the shortcuts' strided 1x1 convs, and its backward (fold),
-which MindSpore's Im2Col and StridedSlice kernels did slowly.
+which MindSpore's Im2Col and StridedSlice kernels did slowly; ``kernels/batchnorm.cc`` is batch
+normalisation in training, ``kernels/maxpool.cc`` the blocks' 3x3/2 max-pool.
 
 They are compiled, as one library, at first use with the machine's C++ compiler (``$CXX``, default
 ``g++``) for the CPU it runs on (``-O3 -march=native``: AVX2 or AVX-512 code, whatever this CPU
@@ -32,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 SWITCH_ENV = "MINDCV_XCEPTION_COMPILED_KERNELS"
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-SOURCES = tuple(os.path.join(KERNELS_DIR, name) for name in ("depthwise3x3.cc", "unfold.cc", "batchnorm.cc"))
+SOURCES = tuple(
+    os.path.join(KERNELS_DIR, name) for name in ("depthwise3x3.cc", "unfold.cc", "batchnorm.cc", "maxpool.cc")
+)
 HEADERS = (os.path.join(KERNELS_DIR, "parallel.h"),)
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17")
 VECTOR_EXTENSIONS = (
@@ -87,6 +90,8 @@ class CpuKernels(NamedTuple):
     batch_norm_train_grad: str  # (x, dy, gamma, mean, invstd) -> (dx, dgamma, dbeta)
     batch_norm_train_cnhw: str  # the same in the channel-major layout
     batch_norm_train_grad_cnhw: str
+    max_pool_3x3_stride2: str  # x -> (y, index of each maximum in its window), TensorFlow 'same' padding
+    max_pool_3x3_stride2_grad: str  # (dy, index, a tensor of the input's (H, W)) -> dx
 
 
 # CpuKernels' fields after the library, in order
@@ -94,7 +99,8 @@ ENTRY_POINTS = tuple(
     "Depthwise3x3Forward Depthwise3x3Backward Depthwise3x3ForwardReLU Depthwise3x3BackwardReLU "
     "Depthwise3x3ForwardCNHW Depthwise3x3BackwardCNHW Depthwise3x3ForwardCNHWReLU Depthwise3x3BackwardCNHWReLU "
     "Unfold3x3Stride1 Unfold3x3Stride2 Unfold1x1Stride2 Fold3x3Stride1 Fold3x3Stride2 Fold1x1Stride2 "
-    "BatchNormTrain BatchNormTrainGrad BatchNormTrainCNHW BatchNormTrainGradCNHW".split()
+    "BatchNormTrain BatchNormTrainGrad BatchNormTrainCNHW BatchNormTrainGradCNHW "
+    "MaxPool3x3Stride2 MaxPool3x3Stride2Grad".split()
 )
 
 

@@ -189,11 +189,11 @@ def compiled_unfold(kernels: CpuKernels, size: int, stride: int) -> ops.Custom:
 def recompute_in_backward(*operators: ops.Primitive, recompute: bool = True) -> None:
     """Have MindSpore compute these operators' outputs again in the backward pass instead of keeping them.
 
-    For the compiled depthwise conv and unfold (and Xception's max-pools, on CPU): their outputs (the
-    pointwise conv's input, the stem's im2col columns, 9x its input) are needed only by the next
-    conv's weight gradient (the pool's by its own gradient), and computing them again costs little
-    time (no difference measurable in a step) while keeping them cost 0.45 GB of the 3.0 GB a
-    training step at 299 px, batch 8, peaked at (README, "Peak memory").
+    For the compiled depthwise conv and unfold (and MindSpore's max-pool where it stands in for the
+    compiled one on CPU): their outputs (the pointwise conv's input, the stem's im2col columns, 9x its
+    input) are needed only by the next conv's weight gradient (the pool's by its own gradient), and
+    computing them again costs little time (no difference measurable in a step) while keeping them
+    cost 0.45 GB of the 3.0 GB a training step at 299 px, batch 8, peaked at (README, "Peak memory").
     """
     for op in operators:
         op.add_prim_attr("recompute", recompute)  # what Primitive.recompute does (which it then shadows)
@@ -279,6 +279,56 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.channel_major:
             return _per_image(super().construct(_as_one_image(x)), x.shape[1])
         return super().construct(x)
+
+
+def compiled_max_pool(kernels: CpuKernels) -> ops.Custom:
+    """The 3x3 stride-2 max-pool with TensorFlow's 'same' padding as an operator on the C++ kernel built for this CPU.
+
+    ``op(x)`` is ``(y, index)``: ``y`` equals ``nn.MaxPool2d(3, 2, pad_mode="same")(x)``, ``index`` (uint8)
+    says where in its window each maximum was. Its backward pass scatters the gradient by that index,
+    so it keeps neither the pool's input nor its output. Any 4-d layout (only the planes matter);
+    float32 only.
+    """
+
+    def outputs(x):
+        n, c, h, w = x
+        return [n, c, (h + 1) // 2, (w + 1) // 2], [n, c, (h + 1) // 2, (w + 1) // 2]
+
+    def input_shape(dy, index, like):
+        return [dy[0], dy[1], like[0], like[1]]
+
+    backward_op = ops.Custom(kernels.max_pool_3x3_stride2_grad, input_shape, lambda dy, i, like: dy, func_type="aot")
+
+    def bprop(x, out, dout):
+        like = ops.zeros(x.shape[2:], ms.uint8)  # the input's size only (a static shape: x is not kept)
+        return (backward_op(dout[0], out[1], like),)
+
+    return ops.Custom(kernels.max_pool_3x3_stride2, outputs, lambda x: (x, ms.uint8), func_type="aot", bprop=bprop)
+
+
+class MaxPool3x3Stride2(nn.Cell):
+    """``nn.MaxPool2d(3, 2, pad_mode="same")``, Xception's downsampling pool, on the compiled kernel where there is one.
+
+    With the C++ kernels (CPU) and float32 input, ``compiled_max_pool`` runs it: forward 2-3x faster
+    than MindSpore's CPU kernel, and its backward pass needs only a one-byte index per output, so the
+    pool's input (4x its output) is not kept for the gradient. Otherwise (float16, Ascend, GPU,
+    ``use_compiled_kernel`` off) MindSpore's pool, whose output is computed again in the backward pass
+    on CPU rather than kept (``recompute_in_backward``). Any 4-d layout.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.native = nn.MaxPool2d(3, 2, pad_mode="same")
+        if matmul_convs_default():
+            recompute_in_backward(self.native.max_pool)
+        kernels = cpu_kernels()
+        self.pool_op = compiled_max_pool(kernels) if kernels is not None else None
+        self.use_compiled_kernel = self.pool_op is not None
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.use_compiled_kernel and x.dtype == ms.float32:
+            return self.pool_op(x)[0]
+        return self.native(x)
 
 
 class SeparableConv2d(nn.Cell):
@@ -400,7 +450,7 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
 
     The parameters are the same either way; only the computation changes (e.g. for ONNX export,
     which has no Im2Col). Native means MindSpore's kernels throughout, as on Ascend and GPU: the
-    batch norms leave their compiled kernel too, and as the native convs take the usual
+    batch norms and max-pools leave their compiled kernels too, and as the native convs take the usual
     (N, C, H, W) layout, the network leaves the channel-major layout; switching back does not
     restore that (``set_channel_major``). Call before the network is compiled, or clear its
     ``compile_cache``.
@@ -412,6 +462,8 @@ def set_matmul_convs(net: nn.Cell, as_matmul: bool) -> None:
     for _, cell in net.cells_and_names():
         if isinstance(cell, BatchNorm2d):
             cell.use_compiled_kernel = as_matmul and cell.train_op is not None
+        elif isinstance(cell, MaxPool3x3Stride2):
+            cell.use_compiled_kernel = as_matmul and cell.pool_op is not None
 
 
 def channel_major_possible(net: nn.Cell) -> bool:

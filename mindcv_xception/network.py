@@ -26,10 +26,10 @@ from mindspore.common import initializer as init
 from .cpu_conv import (
     BatchNorm2d,
     MatmulConv2d,
+    MaxPool3x3Stride2,
     SeparableConv2d,
     channel_major_possible,
     matmul_convs_default,
-    recompute_in_backward,
     set_channel_major,
 )
 
@@ -121,9 +121,7 @@ class XceptionBlock(nn.Cell):
         if spec.downsample:
             # TensorFlow 'same' for a 3x3/2 pool pads the extra row/column at the bottom/right;
             # MindSpore's pad_mode="same" does the same (checked against a numpy reference in the tests).
-            self.pool = nn.MaxPool2d(3, 2, pad_mode="same")
-            if matmul_convs_default():  # CPU: the pool's output is not kept for its gradient (cpu_conv)
-                recompute_in_backward(self.pool.max_pool)
+            self.pool = MaxPool3x3Stride2()
             self.shortcut = nn.SequentialCell(
                 [MatmulConv2d(in_channels, channels, 1, stride=2), _batch_norm(channels, eps, momentum)]
             )

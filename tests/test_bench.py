@@ -122,6 +122,7 @@ def test_profile_tells_our_custom_operators_apart_by_their_cell():
     assert kind("Custom", "Default/net/bn-BatchNorm2d/Custom-op7") == profile_step.KINDS[3]
     assert kind("Custom", "Default/net/conv-MatmulConv2d/Custom-op8") == profile_step.KINDS[2]
     assert kind("Custom", "Default/net/sep-SeparableConv2d/Custom-op9") == profile_step.KINDS[1]
+    assert kind("Custom", "Default/net/pool-MaxPool3x3Stride2/Custom-op3") == profile_step.KINDS[5]
 
 
 def test_profile_tells_pytorchs_depthwise_convs_by_their_weight_shape():

@@ -507,6 +507,39 @@ def test_batch_norm_keeps_mindspore_kernels_outside_float32_training(kernels):
         np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 12, 12), (3, 4, 1, 1), (2, 2, 2, 5), (1, 1, 45, 44)])
+def test_compiled_max_pool_equals_mindspore_same_padded_max_pool_forward_and_backward(shape, kernels):
+    """Odd and even sizes: TensorFlow's 'same' padding puts the extra row and column at the bottom and right."""
+    rng = np.random.default_rng(1)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    out_shape = shape[:2] + tuple((d + 1) // 2 for d in shape[2:])
+    g = ms.Tensor(rng.standard_normal(out_shape).astype(np.float32))
+    results = []
+    for compiled in (False, True):
+        pool = cpu_conv.MaxPool3x3Stride2()
+        assert pool.use_compiled_kernel
+        pool.use_compiled_kernel = compiled
+        y = pool(x).asnumpy()
+        dx = ops.GradOperation()(WeightedSum(pool, g))(x).asnumpy()
+        results.append((y, dx))
+    (y_native, dx_native), (y_fast, dx_fast) = results
+    assert y_fast.shape == out_shape
+    np.testing.assert_array_equal(y_fast, y_native)  # a maximum is exact
+    np.testing.assert_allclose(dx_fast, dx_native, rtol=0, atol=1e-6)  # sums of up to 4 gradients
+
+
+def test_max_pool_keeps_mindspore_kernel_for_float16_and_native_convs(kernels):
+    net = create_model("xception_small", num_classes=3, middle_depth=1)
+    pools = [cell for _, cell in net.cells_and_names() if isinstance(cell, cpu_conv.MaxPool3x3Stride2)]
+    assert len(pools) == 4 and all(pool.use_compiled_kernel for pool in pools)
+    set_matmul_convs(net, False)  # what Ascend and GPU run
+    assert not any(pool.use_compiled_kernel for pool in pools)
+    x = images(2, 9)
+    pool = cpu_conv.MaxPool3x3Stride2()
+    fp16 = pool(x.astype(ms.float16)).asnumpy()
+    np.testing.assert_array_equal(fp16, nn.MaxPool2d(3, 2, pad_mode="same")(x.astype(ms.float16)).asnumpy())
+
+
 PEAK_MEMORY_OF_ONE_STEP = """
 import sys
 import mindspore as ms
@@ -520,8 +553,9 @@ if sys.argv[1] == "keep":
         names = ("depthwise_compiled", "depthwise_compiled_cnhw", "compiled_unfold")
         ops = [getattr(cell, name, None) for name in names]
         cpu_conv.recompute_in_backward(*[op for op in ops if op is not None], recompute=False)
-        if hasattr(cell, "pool"):
-            cpu_conv.recompute_in_backward(cell.pool.max_pool, recompute=False)
+        if isinstance(cell, cpu_conv.MaxPool3x3Stride2):  # MindSpore's pool, its output kept
+            cell.use_compiled_kernel = False
+            cpu_conv.recompute_in_backward(cell.native.max_pool, recompute=False)
 loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
 step = nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 0.01, 0.9))
 step.set_train(True)
