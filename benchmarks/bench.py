@@ -643,6 +643,9 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=640, help="JPEGs in the generated folder")
     parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed per round")
     parser.add_argument("--pipeline-dir", default="", help="where the JPEG folder is made (kept and reused)")
+    parser.add_argument(
+        "--pipeline-workers", type=int, default=2, help="decoding threads of each pipeline (num_parallel_workers)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -676,7 +679,9 @@ def main() -> None:
         for network in ["ours", "ours_native_convs"] + [n for n in memory_networks if n == "torch"]:
             report.setdefault("memory", {}).setdefault(case, {})[network] = child_memory(case, network)
     if args.pipeline:
-        report["pipeline"] = run_pipeline(args.rounds, args.pipeline_images, args.pipeline_batches, args.pipeline_dir)
+        report["pipeline"] = run_pipeline(
+            args.rounds, args.pipeline_images, args.pipeline_batches, args.pipeline_dir, args.pipeline_workers
+        )
     if args.json:
         print(json.dumps(report))
     else:

@@ -79,6 +79,8 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
             "1",
             "--pipeline-dir",
             str(tmp_path / "jpegs"),
+            "--pipeline-workers",
+            "1",
             "--json",
         ],
         timeout=600,
@@ -91,6 +93,7 @@ def test_bench_smoke_run_reports_the_anchors_the_pipeline_and_the_machine(tmp_pa
     assert all(case[f"{n}_img_s"] > 0 for n in networks.split(","))
     pipeline = report["pipeline"]
     assert pipeline["images"] == 64 and pipeline["ours_img_s"] > 0 and pipeline["mindcv_img_s"] > 0
+    assert pipeline["workers"] == 1
     assert pipeline["ours_pil_decode_img_s"] > 0
     assert {"first_ms_per_image", "again_ms_per_image"} <= pipeline["scan"].keys()
 
