@@ -7,8 +7,9 @@
 //
 // Padding ('same'): OH = ceil(H / 2); the window of output row oy starts at input row 2 * oy - top with
 // top = (2 * (OH - 1) + 3 - H) / 2 (the extra padded row, if any, at the bottom), columns likewise.
-// Padded positions hold -inf. Ties go to the first maximum in the window's row-major order. Only the planes matter, not which dimension is the batch: NCHW and channel-major
-// (C, N, H, W) alike. Work is shared among threads by plane.
+// Padded positions hold -inf. Ties go to the first maximum in the window's row-major order. Only the
+// planes matter, not which dimension is the batch: NCHW and channel-major (C, N, H, W) alike. Work is
+// shared among threads by plane.
 #include <cstring>
 #include <limits>
 
