@@ -309,7 +309,7 @@ def compiled_max_pool(kernels: CpuKernels) -> ops.Custom:
 class MaxPool3x3Stride2(nn.Cell):
     """``nn.MaxPool2d(3, 2, pad_mode="same")``, Xception's downsampling pool, on the compiled kernel where there is one.
 
-    With the C++ kernels (CPU) and float32 input, ``compiled_max_pool`` runs it: forward 2-3x faster
+    With the C++ kernels (CPU) and float32 input, ``compiled_max_pool`` runs it: forward about 2x faster
     than MindSpore's CPU kernel, and its backward pass needs only a one-byte index per output, so the
     pool's input (4x its output) is not kept for the gradient. Otherwise (float16, Ascend, GPU,
     ``use_compiled_kernel`` off) MindSpore's pool, whose output is computed again in the backward pass

@@ -120,7 +120,8 @@ class XceptionBlock(nn.Cell):
         self.downsample = spec.downsample
         if spec.downsample:
             # TensorFlow 'same' for a 3x3/2 pool pads the extra row/column at the bottom/right;
-            # MindSpore's pad_mode="same" does the same (checked against a numpy reference in the tests).
+            # MindSpore's pad_mode="same" does the same (checked against a numpy reference in the tests),
+            # and so does the compiled pool (checked against MindSpore's).
             self.pool = MaxPool3x3Stride2()
             self.shortcut = nn.SequentialCell(
                 [MatmulConv2d(in_channels, channels, 1, stride=2), _batch_norm(channels, eps, momentum)]
