@@ -42,29 +42,25 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     weight, bias = fold_batch_norm(conv.weight.asnumpy(), bn)
     out_channels, in_per_group, kh, kw = weight.shape
     if isinstance(conv, MatmulConv2d):
-        return MatmulConv2d(
-            in_per_group,
+        folded = MatmulConv2d(
+            in_per_group, out_channels, (kh, kw), stride=tuple(conv.stride), has_bias=True, as_matmul=conv.as_matmul
+        )
+    else:
+        padding = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
+        folded = nn.Conv2d(
+            in_per_group * conv.group,
             out_channels,
             (kh, kw),
             stride=tuple(conv.stride),
+            pad_mode=conv.pad_mode,
+            padding=padding,
+            group=conv.group,
             has_bias=True,
-            as_matmul=conv.as_matmul,
-            weight_init=ms.Tensor(weight),
-            bias_init=ms.Tensor(bias),
         )
-    padding = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
-    folded = nn.Conv2d(
-        in_per_group * conv.group,
-        out_channels,
-        (kh, kw),
-        stride=tuple(conv.stride),
-        pad_mode=conv.pad_mode,
-        padding=padding,
-        group=conv.group,
-        has_bias=True,
-        weight_init=ms.Tensor(weight),
-        bias_init=ms.Tensor(bias),
-    )
+    # set_data, not weight_init=Tensor(...): a Parameter made from a Tensor initialiser holds its
+    # values twice (measured: 32 MB per 16 MB weight), which made the folded network 0.16 GB larger
+    folded.weight.set_data(ms.Tensor(weight))
+    folded.bias.set_data(ms.Tensor(bias))
     return folded
 
 
@@ -97,7 +93,8 @@ def inference_network(net: Xception) -> Xception:
     fast = Xception(**net.init_kwargs)
     values = {p.name: p for p in net.get_parameters()}
     for p in fast.get_parameters():
-        p.set_data(values[p.name].data.copy())
+        # a copy by way of numpy: Tensor.copy() here left the folded network about 0.2 GB larger once built
+        p.set_data(ms.Tensor(values[p.name].asnumpy()))
     _copy_conv_formulations(net, fast)
     for _, cell in fast.cells_and_names():
         if isinstance(cell, ConvBnRelu):
