@@ -129,4 +129,5 @@ def copy_ema_into(state: Dict[str, object], network: nn.Cell) -> None:
         source = state.get("ema." + name)
         if source is None:
             raise KeyError(f"the training state has no EMA copy of {name}")
-        param.set_data(source.value().copy())
+        # a copy by way of numpy: Tensor.copy() kept about 80 MB more per network copied (Xception)
+        param.set_data(ms.Tensor(source.asnumpy()))
