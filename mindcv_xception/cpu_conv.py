@@ -287,7 +287,7 @@ def compiled_max_pool(kernels: CpuKernels) -> ops.Custom:
     ``op(x)`` is ``(y, index)``: ``y`` equals ``nn.MaxPool2d(3, 2, pad_mode="same")(x)``, ``index`` (uint8)
     says where in its window each maximum was. Its backward pass scatters the gradient by that index,
     so it keeps neither the pool's input nor its output. Any 4-d layout (only the planes matter);
-    float32 only.
+    float32 or float16 (mixed precision; computed in float32).
     """
 
     def outputs(x):
@@ -309,11 +309,13 @@ def compiled_max_pool(kernels: CpuKernels) -> ops.Custom:
 class MaxPool3x3Stride2(nn.Cell):
     """``nn.MaxPool2d(3, 2, pad_mode="same")``, Xception's downsampling pool, on the compiled kernel where there is one.
 
-    With the C++ kernels (CPU) and float32 input, ``compiled_max_pool`` runs it: forward about 2x faster
-    than MindSpore's CPU kernel, and its backward pass needs only a one-byte index per output, so the
-    pool's input (4x its output) is not kept for the gradient. Otherwise (float16, Ascend, GPU,
-    ``use_compiled_kernel`` off) MindSpore's pool, whose output is computed again in the backward pass
-    on CPU rather than kept (``recompute_in_backward``). Any 4-d layout.
+    With the C++ kernels (CPU), ``compiled_max_pool`` runs it: forward about 2x faster than MindSpore's
+    CPU kernel, and its backward pass needs only a one-byte index per output, so the pool's input (4x
+    its output) is not kept for the gradient. It takes float32 and float16 alike: under mixed precision
+    (``Cell.to_float``) MindSpore casts the operator's input after ``construct`` has seen it, so the
+    type cannot choose the kernel. Otherwise (Ascend, GPU, ``use_compiled_kernel`` off) MindSpore's
+    pool, whose output is computed again in the backward pass on CPU rather than kept
+    (``recompute_in_backward``). Any 4-d layout.
     """
 
     def __init__(self) -> None:
@@ -326,7 +328,7 @@ class MaxPool3x3Stride2(nn.Cell):
         self.use_compiled_kernel = self.pool_op is not None
 
     def construct(self, x: Tensor) -> Tensor:
-        if self.use_compiled_kernel and x.dtype == ms.float32:
+        if self.use_compiled_kernel:
             return self.pool_op(x)[0]
         return self.native(x)
 

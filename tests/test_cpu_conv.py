@@ -528,16 +528,30 @@ def test_compiled_max_pool_equals_mindspore_same_padded_max_pool_forward_and_bac
     np.testing.assert_allclose(dx_fast, dx_native, rtol=0, atol=1e-6)  # sums of up to 4 gradients
 
 
-def test_max_pool_keeps_mindspore_kernel_for_float16_and_native_convs(kernels):
+def test_max_pool_leaves_the_compiled_kernel_with_native_convs(kernels):
     net = create_model("xception_small", num_classes=3, middle_depth=1)
     pools = [cell for _, cell in net.cells_and_names() if isinstance(cell, cpu_conv.MaxPool3x3Stride2)]
     assert len(pools) == 4 and all(pool.use_compiled_kernel for pool in pools)
     set_matmul_convs(net, False)  # what Ascend and GPU run
     assert not any(pool.use_compiled_kernel for pool in pools)
-    x = images(2, 9)
-    pool = cpu_conv.MaxPool3x3Stride2()
-    fp16 = pool(x.astype(ms.float16)).asnumpy()
-    np.testing.assert_array_equal(fp16, nn.MaxPool2d(3, 2, pad_mode="same")(x.astype(ms.float16)).asnumpy())
+
+
+def test_compiled_max_pool_computes_float16_like_mindspores_pool_also_when_mixed_precision_casts(kernels):
+    """Under Cell.to_float(float16) the operator's input is cast after construct has seen float32."""
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.standard_normal((2, 3, 11, 10)).astype(np.float32))
+    g = ms.Tensor(rng.standard_normal((2, 3, 6, 5)).astype(np.float16))
+    results = []
+    for compiled in (False, True):
+        pool = cpu_conv.MaxPool3x3Stride2().to_float(ms.float16)
+        pool.use_compiled_kernel = compiled
+        y = pool(x)
+        assert y.dtype == ms.float16
+        dx = ops.GradOperation()(WeightedSum(pool, g))(x.astype(ms.float16))
+        results.append((y.asnumpy(), dx.asnumpy().astype(np.float32)))
+    (y_native, dx_native), (y_fast, dx_fast) = results
+    np.testing.assert_array_equal(y_fast, y_native)
+    np.testing.assert_allclose(dx_fast, dx_native, rtol=1e-3, atol=1e-3)  # float16 sums of up to 4 gradients
 
 
 PEAK_MEMORY_OF_ONE_STEP = """
