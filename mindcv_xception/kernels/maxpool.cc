@@ -66,6 +66,7 @@ struct SplitPlane {
       float* e = evens.data() + (r + 1) * half;     // e[t] = from[2t]
       float* o = odds.data() + (r + 1) * half + 1;  // o[t] = from[2t + 1]
       int64_t t = 0;
+      // float32: 16 columns at a time, split by two shuffles; float16 and a row's end: one at a time
       for (; std::is_same_v<T, float> && 2 * t + 2 * kLanes <= w; t += kLanes) {
         const float* row = reinterpret_cast<const float*>(from);
         const f8 a = load8(row + 2 * t), b = load8(row + 2 * t + kLanes);
