@@ -28,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from .augment import with_native_auto_augment
 from .preprocessing import (
     IMAGE_EXTENSIONS,
     Preprocessing,
@@ -462,6 +463,9 @@ def _erase_value(text: str):
 def train_transforms(cfg, decoded: bool = True) -> list:
     """mindcv's ImageNet training transforms (augmentation) for the recipe's settings.
 
+    As mindcv's list, with its Python AutoAugment run as C++ operations (``augment.py``, which says
+    what differs) and ``Normalize`` after the transpose.
+
     ``decoded``: for a source of decoded images (the decode step left out); else mindcv's list as it
     is, starting with ``RandomCropDecodeResize`` (or ``Decode``) of the encoded bytes.
     """
@@ -489,7 +493,7 @@ def train_transforms(cfg, decoded: bool = True) -> list:
         mean=cfg.mean,
         std=cfg.std,
     )
-    ops = _normalize_after_transpose(ops)
+    ops = with_native_auto_augment(_normalize_after_transpose(ops))
     return _without_decode(ops) if decoded else ops
 
 
