@@ -1,4 +1,4 @@
-"""mindcv's AutoAugment policies run as MindSpore C++ operations, so augmentation leaves the GIL.
+"""mindcv's AutoAugment and RandAugment run as MindSpore C++ operations, so augmentation leaves the GIL.
 
 mindcv 0.3.0's ``AutoAugment`` (``auto_augment: autoaug`` / ``autoaugr``) is a Python callable: for
 every image it draws a sub-policy and magnitudes with Python's ``random`` and runs MindSpore vision
@@ -8,7 +8,9 @@ without it.
 
 ``native_auto_augment`` states the same policy (sub-policies, operations, probabilities, magnitudes,
 fill value and interpolation, read from mindcv's object) as one ``vision.RandomSelectSubpolicy`` of
-C++ operations built with the arguments mindcv's functions pass. Three things differ, logged once:
+C++ operations built with the arguments mindcv's functions pass; ``native_rand_augment`` does the
+same for ``randaug-...`` (unweighted). Other policies (``3a``, ``trivialaugwide``, ``augmix``, a
+weighted RandAugment) stay mindcv's Python operations. Three things differ, logged once:
 
 - the magnitude noise (mindcv: each magnitude ~ N(m, magnitude_std), clipped to [0, 10]) is drawn from
   ``QUANTILES`` equally likely quantiles of that distribution, not continuously (for a rotation of
@@ -162,17 +164,51 @@ def native_auto_augment(auto_augment) -> Optional[object]:
     return vision.RandomSelectSubpolicy(policy)
 
 
+def native_rand_augment(rand_augment) -> Optional[object]:
+    """mindcv's ``RandAugment`` (unweighted) as C++ operations; None if weighted or an op has no C++ twin.
+
+    mindcv draws ``num_layers`` operations uniformly with replacement and applies each with its
+    probability: here ``num_layers`` uniform choices among the operations, each applied with it.
+    A weighted RandAugment (``-w0``) draws without replacement, which C++ choices cannot state.
+    """
+    from mindcv.data.auto_augment import RandAugment
+    from mindspore.dataset import transforms
+
+    if not isinstance(rand_augment, RandAugment) or rand_augment.choice_weights is not None:
+        return None
+    builders = _op_builders()
+    natives = [native_operation(op, builders) for op in rand_augment.ops]
+    if any(native is None for native in natives):
+        return None
+
+    def layer():
+        return transforms.RandomChoice(
+            [transforms.RandomApply([native], prob=float(op.prob)) for native, op in zip(natives, rand_augment.ops)]
+        )
+
+    return transforms.Compose([layer() for _ in range(rand_augment.num_layers)])
+
+
 def with_native_auto_augment(ops: list) -> list:
-    """``ops`` with mindcv's Python ``AutoAugment`` replaced by its C++ twin (``native_auto_augment``), logged once."""
+    """``ops`` with mindcv's Python AutoAugment / RandAugment replaced by their C++ twins, logged once."""
     out = list(ops)
     for i, op in enumerate(out):
-        native = native_auto_augment(op)
+        native = native_auto_augment(op) or native_rand_augment(op)
         if native is not None:
             out[i] = native
-            logger.info(
+            _say_once(
                 "auto_augment: mindcv's policy runs as MindSpore C++ ops (same operations, probabilities and "
-                "magnitudes; magnitude noise from %d quantiles; draws seeded by the pipeline's seed; posterize "
-                "keeps the bits the policy names, where mindcv 0.3.0 keeps 8 minus them)",
-                QUANTILES,
+                f"magnitudes; magnitude noise from {QUANTILES} quantiles; draws seeded by the pipeline's seed; "
+                "posterize keeps the bits the policy names, where mindcv 0.3.0 keeps 8 minus them)"
             )
     return out
+
+
+_said: set = set()
+
+
+def _say_once(message: str) -> None:
+    """Log ``message`` the first time only (the pipeline is built again every epoch)."""
+    if message not in _said:
+        _said.add(message)
+        logger.info(message)

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from mindcv.data.auto_augment import NAME_TO_OP, AugmentOp, auto_augment_transform
+from mindcv.data.auto_augment import NAME_TO_OP, AugmentOp, auto_augment_transform, rand_augment_transform
 from mindspore.dataset.transforms import RandomChoice
 from mindspore.dataset.vision import Inter
 
@@ -15,6 +15,7 @@ from mindcv_xception.augment import (
     magnitudes,
     native_auto_augment,
     native_operation,
+    native_rand_augment,
 )
 
 HPARAMS = dict(img_mean=(128, 128, 128), interpolation=Inter.BICUBIC, translate_const=43)
@@ -74,6 +75,21 @@ def test_policy_has_mindcvs_sub_policies_probabilities_and_operations(name):
             assert len(choices) == expected, op.name
 
 
+@pytest.mark.parametrize("spec", ["randaug-m9-mstd0.5", "randaug-m7-n3-mstd0.5-inc1"])
+def test_rand_augment_draws_its_layers_uniformly_from_mindcvs_operations(spec):
+    theirs = rand_augment_transform(spec, dict(HPARAMS))
+    ours = native_rand_augment(theirs)
+    assert len(ours.transforms) == theirs.num_layers
+    for layer in ours.transforms:  # one uniform choice per layer, with replacement, as mindcv
+        assert isinstance(layer, RandomChoice) and len(layer.transforms) == len(theirs.ops)
+        for apply, op in zip(layer.transforms, theirs.ops):
+            assert apply.prob == op.prob == 0.5
+            (native,) = apply.transforms
+            choices = native.transforms if isinstance(native, RandomChoice) else [native]
+            expected = 1 if op.level_fn is None else QUANTILES * len(level_arguments(op, op.magnitude))
+            assert len(choices) == expected, op.name
+
+
 def test_magnitude_noise_is_drawn_from_equally_likely_quantiles():
     draws = np.array(magnitudes(5, 0.5, 10))
     assert len(draws) == QUANTILES and np.all(np.diff(draws) > 0)
@@ -84,10 +100,14 @@ def test_magnitude_noise_is_drawn_from_equally_likely_quantiles():
     assert uniform.min() > 0 and uniform.max() < 8 and abs(uniform.mean() - 4) < 1e-9
 
 
-def test_draws_repeat_under_the_same_pipeline_seed(photo):
+@pytest.mark.parametrize("spec", ["autoaug", "randaug-m9-mstd0.5"])
+def test_draws_repeat_under_the_same_pipeline_seed(spec, photo):
     import mindspore.dataset as ds
 
-    policy = native_auto_augment(_mindcv_policy())
+    if spec.startswith("randaug"):
+        policy = native_rand_augment(rand_augment_transform(spec, dict(HPARAMS)))
+    else:
+        policy = native_auto_augment(_mindcv_policy(spec))
 
     def augmented(seed):
         ds.config.set_seed(seed)
@@ -103,14 +123,18 @@ def test_draws_repeat_under_the_same_pipeline_seed(photo):
     assert len({image.tobytes() for image in first}) > 3
 
 
-def test_training_transforms_run_autoaugment_as_cpp_and_say_so(tmp_path, caplog):
+def test_training_transforms_run_autoaugment_as_cpp_and_say_so_once(tmp_path, caplog, monkeypatch):
+    from mindcv_xception import augment
     from mindcv_xception.config import parse_config
     from mindcv_xception.data import train_transforms
 
     cfg = parse_config(["--data_dir", str(tmp_path), "--image_resize", "96", "--auto_augment", "autoaug"])
+    monkeypatch.setattr(augment, "_said", set())
     with caplog.at_level(logging.INFO, logger="mindcv_xception.augment"):
         kinds = [type(op).__name__ for op in train_transforms(cfg)]
+        train_transforms(cfg)  # the next epoch's pipeline: said once
     assert "RandomSelectSubpolicy" in kinds and "AutoAugment" not in kinds
-    assert "posterize keeps the bits the policy names" in caplog.text
-    cfg = parse_config(["--data_dir", str(tmp_path), "--image_resize", "96", "--auto_augment", "randaug-m9-mstd0.5"])
-    assert "RandAugment" in [type(op).__name__ for op in train_transforms(cfg)]  # no C++ twin: mindcv's own
+    assert caplog.text.count("posterize keeps the bits the policy names") == 1
+    for policy, kind in (("randaug-m9-mstd0.5", "Compose"), ("randaug-m9-w0", "RandAugment"), ("3a", "AutoAugment")):
+        cfg = parse_config(["--data_dir", str(tmp_path), "--image_resize", "96", "--auto_augment", policy])
+        assert kind in [type(op).__name__ for op in train_transforms(cfg)], policy  # no C++ twin: mindcv's own

@@ -99,6 +99,8 @@ def test_recipe_settings_are_in_effect_and_the_device_fallbacks_are_logged(recip
         assert f"Loss scale {settings['loss_scale']:g} ({settings['loss_scale_type']}" in out
     if settings.get("jit_level") == "O2":
         assert "jit_level O2 is not available on CPU" in out
+    if settings.get("auto_augment") == "autoaug":
+        assert "auto_augment: mindcv's policy runs as MindSpore C++ ops" in out
     if settings.get("warmup_epochs"):
         lrs = [
             float(line.split(" lr ")[1].split()[0]) for line in out.splitlines() if " step " in line and " lr " in line
