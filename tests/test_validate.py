@@ -25,6 +25,7 @@ def labelled(tmp_path_factory):
     data = str(root / "digits")
     make_digits_folder(data, size=71, per_class=12, val_fraction=0.3)  # 4 val images per class, then 23 kept
     keep_val_images(os.path.join(data, "val"), N_VAL)
+    ms.set_seed(0)  # a module fixture is made before the per-test seeding (conftest._seed): the same weights every run
     net = create_model("xception_small", num_classes=10, middle_depth=1)
     rng = np.random.default_rng(0)
     for p in net.get_parameters():  # non-trivial BN statistics and a classifier that is not uniform
