@@ -14,7 +14,7 @@ weighted RandAugment) stay mindcv's Python operations. Three things differ, logg
 
 - the magnitude noise (mindcv: each magnitude ~ N(m, magnitude_std), clipped to [0, 10]) is drawn from
   ``QUANTILES`` equally likely quantiles of that distribution, not continuously (for a rotation of
-  magnitude 9, std 0.5, steps of about 0.2 degrees in the middle of the range);
+  magnitude 9, std 0.5, steps of 0.12 degrees in the middle of the range);
 - the draws come from MindSpore's generator, seeded by ``ds.config.set_seed`` like the rest of the
   pipeline, instead of Python's unseeded ``random``;
 - posterize keeps the number of bits the policy names (mindcv 0.3.0 keeps 8 minus that: 1 bit where
@@ -193,7 +193,9 @@ def with_native_auto_augment(ops: list) -> list:
     """``ops`` with mindcv's Python AutoAugment / RandAugment replaced by their C++ twins, logged once."""
     out = list(ops)
     for i, op in enumerate(out):
-        native = native_auto_augment(op) or native_rand_augment(op)
+        native = native_auto_augment(op)
+        if native is None:
+            native = native_rand_augment(op)
         if native is not None:
             out[i] = native
             _say_once(

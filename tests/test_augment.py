@@ -1,4 +1,4 @@
-"""mindcv's AutoAugment run as C++ operations: the same policy, operations and arguments as mindcv's."""
+"""mindcv's AutoAugment and RandAugment run as C++ operations: the same policies, operations and arguments."""
 
 import logging
 
