@@ -10,7 +10,7 @@ without it.
 fill value and interpolation, read from mindcv's object) as one ``vision.RandomSelectSubpolicy`` of
 C++ operations built with the arguments mindcv's functions pass; ``native_rand_augment`` does the
 same for ``randaug-...`` (unweighted). Other policies (``3a``, ``trivialaugwide``, ``augmix``, a
-weighted RandAugment) stay mindcv's Python operations. Three things differ, logged once:
+weighted RandAugment) stay mindcv's Python operations. Four things differ, logged once:
 
 - the magnitude noise (mindcv: each magnitude ~ N(m, magnitude_std), clipped to [0, 10]) is drawn from
   ``QUANTILES`` equally likely quantiles of that distribution, not continuously (for a rotation of
@@ -18,7 +18,8 @@ weighted RandAugment) stay mindcv's Python operations. Three things differ, logg
 - the draws come from MindSpore's generator, seeded by ``ds.config.set_seed`` like the rest of the
   pipeline, instead of Python's unseeded ``random``;
 - posterize keeps the number of bits the policy names (mindcv 0.3.0 keeps 8 minus that: 1 bit where
-  the policy says 7, inverting the operation's strength).
+  the policy says 7, inverting the operation's strength);
+- a magnitude noise stated in the string (``autoaug-mstd1.0``) is used (mindcv 0.3.0 keeps 0.5).
 """
 
 from __future__ import annotations
@@ -128,14 +129,17 @@ def _choice(ops: Sequence):
     return ops[0] if len(ops) == 1 else transforms.RandomChoice(list(ops))
 
 
-def native_operation(op, builders: Optional[Dict[str, Callable]] = None):
-    """mindcv's ``AugmentOp`` as a C++ operation drawing its (noisy) level; None if it has no C++ twin here."""
+def native_operation(op, builders: Optional[Dict[str, Callable]] = None, std: Optional[float] = None):
+    """mindcv's ``AugmentOp`` as a C++ operation drawing its (noisy) level; None if it has no C++ twin here.
+
+    ``std``: the magnitude noise's standard deviation, if not the op's own (``stated_std``).
+    """
     builders = builders or _op_builders()
     build = builders.get(op.name)
     if build is None:
         return None
-    std = op.hparams.get("magnitude_std", 0)
-    upper = op.hparams.get("magnitude_max", None) or 10.0
+    std = op.magnitude_std if std is None else std
+    upper = op.magnitude_max or 10.0
     resample = op.kwargs["resample"]
     resamples = list(resample) if isinstance(resample, (list, tuple)) else [resample]
     fill = op.kwargs["fill_value"]
@@ -144,7 +148,7 @@ def native_operation(op, builders: Optional[Dict[str, Callable]] = None):
     return _choice(ops)
 
 
-def native_auto_augment(auto_augment) -> Optional[object]:
+def native_auto_augment(auto_augment, std: Optional[float] = None) -> Optional[object]:
     """mindcv's ``AutoAugment`` instance as one ``vision.RandomSelectSubpolicy``; None if an op has no C++ twin."""
     from mindcv.data.auto_augment import AutoAugment
     from mindspore.dataset import vision
@@ -156,7 +160,7 @@ def native_auto_augment(auto_augment) -> Optional[object]:
     for sub_policy in auto_augment.policy:
         steps = []
         for op in sub_policy:
-            native = native_operation(op, builders)
+            native = native_operation(op, builders, std)
             if native is None:
                 return None
             steps.append((native, float(op.prob)))
@@ -164,7 +168,7 @@ def native_auto_augment(auto_augment) -> Optional[object]:
     return vision.RandomSelectSubpolicy(policy)
 
 
-def native_rand_augment(rand_augment) -> Optional[object]:
+def native_rand_augment(rand_augment, std: Optional[float] = None) -> Optional[object]:
     """mindcv's ``RandAugment`` (unweighted) as C++ operations; None if weighted or an op has no C++ twin.
 
     mindcv draws ``num_layers`` operations uniformly with replacement and applies each with its
@@ -177,7 +181,7 @@ def native_rand_augment(rand_augment) -> Optional[object]:
     if not isinstance(rand_augment, RandAugment) or rand_augment.choice_weights is not None:
         return None
     builders = _op_builders()
-    natives = [native_operation(op, builders) for op in rand_augment.ops]
+    natives = [native_operation(op, builders, std) for op in rand_augment.ops]
     if any(native is None for native in natives):
         return None
 
@@ -189,14 +193,33 @@ def native_rand_augment(rand_augment) -> Optional[object]:
     return transforms.Compose([layer() for _ in range(rand_augment.num_layers)])
 
 
-def with_native_auto_augment(ops: list) -> list:
-    """``ops`` with mindcv's Python AutoAugment / RandAugment replaced by their C++ twins, logged once."""
+def stated_std(spec: Optional[str]) -> Optional[float]:
+    """The magnitude noise an ``auto_augment`` string states (``...-mstd1.0``; over 100: uniform), or None.
+
+    mindcv 0.3.0 sets its default of 0.5 before it reads the string, with ``setdefault``, so the
+    stated value is never used there.
+    """
+    for part in (spec or "").split("-")[1:]:
+        if part.startswith("mstd"):
+            value = float(part[len("mstd") :])
+            return float("inf") if value > 100 else value
+    return None
+
+
+def with_native_auto_augment(ops: list, spec: Optional[str] = None) -> list:
+    """``ops`` with mindcv's Python AutoAugment / RandAugment replaced by their C++ twins, logged once.
+
+    ``spec``: the recipe's ``auto_augment`` string, for the magnitude noise it states (``stated_std``).
+    """
     out = list(ops)
+    std = stated_std(spec)
     for i, op in enumerate(out):
-        native = native_auto_augment(op)
+        native = native_auto_augment(op, std)
         if native is None:
-            native = native_rand_augment(op)
+            native = native_rand_augment(op, std)
         if native is not None:
+            if std is not None and std != _first_op(op).magnitude_std:
+                _say_once(f"auto_augment: magnitude noise {std:g} as {spec!r} states (mindcv 0.3.0 ignores it)")
             out[i] = native
             _say_once(
                 "auto_augment: mindcv's policy runs as MindSpore C++ ops (same operations, probabilities and "
@@ -204,6 +227,11 @@ def with_native_auto_augment(ops: list) -> list:
                 "posterize keeps the bits the policy names, where mindcv 0.3.0 keeps 8 minus them)"
             )
     return out
+
+
+def _first_op(policy):
+    """The first ``AugmentOp`` of mindcv's AutoAugment or RandAugment."""
+    return policy.policy[0][0] if hasattr(policy, "policy") else policy.ops[0]
 
 
 _said: set = set()

@@ -493,7 +493,7 @@ def train_transforms(cfg, decoded: bool = True) -> list:
         mean=cfg.mean,
         std=cfg.std,
     )
-    ops = with_native_auto_augment(_normalize_after_transpose(ops))
+    ops = with_native_auto_augment(_normalize_after_transpose(ops), cfg.auto_augment)
     return _without_decode(ops) if decoded else ops
 
 

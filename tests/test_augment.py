@@ -16,6 +16,8 @@ from mindcv_xception.augment import (
     native_auto_augment,
     native_operation,
     native_rand_augment,
+    stated_std,
+    with_native_auto_augment,
 )
 
 HPARAMS = dict(img_mean=(128, 128, 128), interpolation=Inter.BICUBIC, translate_const=43)
@@ -88,6 +90,23 @@ def test_rand_augment_draws_its_layers_uniformly_from_mindcvs_operations(spec):
             choices = native.transforms if isinstance(native, RandomChoice) else [native]
             expected = 1 if op.level_fn is None else QUANTILES * len(level_arguments(op, op.magnitude))
             assert len(choices) == expected, op.name
+
+
+def test_a_stated_magnitude_noise_is_used_where_mindcv_keeps_its_default(caplog, monkeypatch):
+    from mindcv_xception import augment
+
+    assert stated_std("autoaug-mstd1.0") == 1.0 and stated_std("randaug-m9-mstd101") == float("inf")
+    assert stated_std("autoaug") is None and stated_std(None) is None
+    theirs = auto_augment_transform("autoaug-mstd1.0", dict(HPARAMS))
+    assert theirs.policy[0][1].magnitude_std == 0.5  # mindcv 0.3.0 keeps its default
+    monkeypatch.setattr(augment, "_said", set())
+    with caplog.at_level(logging.INFO, logger="mindcv_xception.augment"):
+        (ours,) = with_native_auto_augment([theirs], "autoaug-mstd1.0")
+    rotate = ours.policy[0][1][0]  # sub-policy 0: PosterizeOriginal 8, Rotate 9
+    degrees = sorted(min(d, 360 - d) for d in (choice.degrees[0] % 360 for choice in rotate.transforms))  # |angle|
+    spread = max(magnitudes(9, 1.0, 10)) - min(magnitudes(9, 1.0, 10))
+    assert degrees[-1] - degrees[0] == pytest.approx(3 * spread)  # 3 degrees a magnitude step
+    assert "magnitude noise 1 as 'autoaug-mstd1.0' states" in caplog.text
 
 
 def test_magnitude_noise_is_drawn_from_equally_likely_quantiles():
