@@ -64,6 +64,13 @@ def test_posterize_keeps_the_bits_the_policy_names(photo):
     assert len(np.unique(NAME_TO_OP["PosterizeOriginal"](photo, 7, **op.kwargs))) <= 2  # mindcv's
 
 
+def _assert_draws_every_level(native, op):
+    """``native`` chooses among one operation per (quantile of the magnitude, sign of the level)."""
+    choices = native.transforms if isinstance(native, RandomChoice) else [native]
+    expected = 1 if op.level_fn is None else QUANTILES * len(level_arguments(op, op.magnitude))
+    assert len(choices) == expected, op.name
+
+
 @pytest.mark.parametrize("name", ["autoaug", "autoaugr"])
 def test_policy_has_mindcvs_sub_policies_probabilities_and_operations(name):
     theirs = _mindcv_policy(name)
@@ -72,9 +79,7 @@ def test_policy_has_mindcvs_sub_policies_probabilities_and_operations(name):
     for our_sub, their_sub in zip(ours.policy, theirs.policy):
         assert [p for _, p in our_sub] == [op.prob for op in their_sub]
         for (native, _), op in zip(our_sub, their_sub):
-            choices = native.transforms if isinstance(native, RandomChoice) else [native]
-            expected = 1 if op.level_fn is None else QUANTILES * len(level_arguments(op, op.magnitude))
-            assert len(choices) == expected, op.name
+            _assert_draws_every_level(native, op)
 
 
 @pytest.mark.parametrize("spec", ["randaug-m9-mstd0.5", "randaug-m7-n3-mstd0.5-inc1"])
@@ -87,9 +92,7 @@ def test_rand_augment_draws_its_layers_uniformly_from_mindcvs_operations(spec):
         for apply, op in zip(layer.transforms, theirs.ops):
             assert apply.prob == op.prob == 0.5
             (native,) = apply.transforms
-            choices = native.transforms if isinstance(native, RandomChoice) else [native]
-            expected = 1 if op.level_fn is None else QUANTILES * len(level_arguments(op, op.magnitude))
-            assert len(choices) == expected, op.name
+            _assert_draws_every_level(native, op)
 
 
 def test_a_stated_magnitude_noise_is_used_where_mindcv_keeps_its_default(caplog, monkeypatch):
