@@ -75,7 +75,11 @@ def swap_batch_and_channels(a: np.ndarray, swap: bool = True) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(1, 0, 2, 3) if swap else a)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (3, 4, 2, 17), (1, 3, 1, 1)])
+# (N, C, H, W): planes stacked with padding (9x11, 9x9) and taken as flat runs (<= 64 pixels: 2x17, 8x8, the
+# 6x6 and 3x3 of the middle and exit flows at 96 px; 40 planes of 6x6 go as two runs of 20)
+@pytest.mark.parametrize(
+    "shape", [(2, 5, 9, 11), (2, 3, 9, 9), (3, 4, 2, 17), (1, 3, 1, 1), (3, 2, 8, 8), (40, 3, 6, 6), (5, 2, 3, 3)]
+)
 def test_compiled_depthwise_kernel_in_channel_major_layout_equals_the_image_major_one(shape, kernels):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -116,11 +120,26 @@ def test_compiled_depthwise_kernel_with_the_relu_fused_equals_relu_then_grouped_
     assert_close(dw.asnumpy(), dw_native.asnumpy())
 
 
-def test_compiled_depthwise_kernel_computes_float16_in_float32(kernels):
+@pytest.mark.parametrize("shape", [(3, 2, 6, 6), (3, 2, 9, 9)], ids=["flat-runs", "stacked"])
+def test_compiled_depthwise_kernel_in_channel_major_layout_keeps_a_non_finite_value_in_its_plane(shape, kernels):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[1, :, 0, :] = x[1, :, -1, :] = np.inf  # image 1's first and last rows: next to images 0 and 2 in (C, N, H, W)
+    w = ms.Tensor(rng.standard_normal((shape[1], 1, 3, 3)).astype(np.float32))
+    channel_major = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major=True))
+    out = swap_batch_and_channels(channel_major(ms.Tensor(swap_batch_and_channels(x)), w).asnumpy())
+    reference = CompiledDepthwise(compiled_depthwise_3x3(kernels))(ms.Tensor(x), w).asnumpy()
+    assert np.all(np.isfinite(out[[0, 2]]))
+    assert_close(out[[0, 2]], reference[[0, 2]])
+    assert not np.all(np.isfinite(out[1]))
+
+
+@pytest.mark.parametrize("channel_major", [False, True], ids=["nchw", "cnhw"])
+def test_compiled_depthwise_kernel_computes_float16_in_float32(channel_major, kernels):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float16)
-    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float16)
-    compiled = CompiledDepthwise(compiled_depthwise_3x3(kernels))
+    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float16)  # channel-major: 2 channels of 6 planes, as flat runs
+    w = rng.standard_normal((x.shape[0 if channel_major else 1], 1, 3, 3)).astype(np.float16)
+    compiled = CompiledDepthwise(compiled_depthwise_3x3(kernels, channel_major))
     expected = compiled(ms.Tensor(x.astype(np.float32)), ms.Tensor(w.astype(np.float32))).asnumpy()
     out = compiled(ms.Tensor(x), ms.Tensor(w))
     assert out.dtype == ms.float16
