@@ -244,7 +244,7 @@ void backward(void** params, int64_t** shapes, bool channel_major, bool relu) {
   std::vector<float> partial(items.count() * 9);  // each item's share of the weight gradient
   float* shares = partial.data();
   if (items.small) backward_small(x, weight, dy, dx, shares, items, relu);
-  if (!items.small) parallel_for(items.count(), [=](int64_t begin, int64_t end) {
+  else parallel_for(items.count(), [=](int64_t begin, int64_t end) {
     std::vector<float> padded_dy(items.padded_size()), padded_x(items.padded_size()), rows(items.rows_size());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t ch = items.channel(item), offset = items.offset(item);
