@@ -117,7 +117,8 @@ struct Items {
 // flag (a select, not a multiply by 0, so a non-finite value never leaks into the next plane). Alone, on
 // the middle flow's (728, 32, 6, 6) with the ReLU, forward 0.99 -> 0.44 ms and backward 1.78 -> 0.74 ms;
 // exit flow (1536, 32, 3, 3) 0.79 -> 0.29 and 1.67 -> 0.51 ms; a 96 px batch-32 training step 2-5%
-// faster. Planes of 10x10 and more ran slower this way (their rows are long enough for padded copies).
+// faster; built for AVX2 only (-march=znver3, same machine), (728, 32, 6, 6) 0.83 -> 0.40 and
+// 0.99 -> 0.67 ms. Planes of 10x10 and more ran slower this way (rows long enough for padded copies).
 
 // For a run of `planes` planes (h x w): whether each pixel has a neighbour above, below, left, right.
 struct Neighbours {
@@ -141,20 +142,26 @@ void load_run(const T* src, int64_t length, float* dst, bool relu) {
 }
 
 // out = the 3x3 correlation of a run (load_run) with k, neighbours outside a pixel's plane taken as
-// zero; with a mask, zero where the mask is not positive (a ReLU's backward).
-template <typename T>
+// zero; Masked: zero where mask is not positive (a ReLU's backward).
+template <bool Masked, typename T>
 void correlate_run(const float* src, int64_t w, const float* k, const Neighbours& nb, T* out, const T* mask) {
   const float *above = src - w, *below = src + w;
   const float *up = nb.up.data(), *down = nb.down.data(), *left = nb.left.data(), *right = nb.right.data();
 #pragma omp simd
   for (int64_t i = 0; i < nb.length; ++i) {
+    // every load unconditional (the run's guards make them safe), then selected: for AVX2, GCC vectorises
+    // this only so and with -fno-trapping-math (compiled_kernels.FLAGS)
+    const float a0 = above[i - 1], a1 = above[i], a2 = above[i + 1], b0 = below[i - 1], b1 = below[i], b2 = below[i + 1];
     const bool u = up[i] != 0.0f, d = down[i] != 0.0f;
-    const float west = k[0] * (u ? above[i - 1] : 0.0f) + k[3] * src[i - 1] + k[6] * (d ? below[i - 1] : 0.0f);
-    const float centre = k[1] * (u ? above[i] : 0.0f) + k[4] * src[i] + k[7] * (d ? below[i] : 0.0f);
-    const float east = k[2] * (u ? above[i + 1] : 0.0f) + k[5] * src[i + 1] + k[8] * (d ? below[i + 1] : 0.0f);
-    float value = (left[i] != 0.0f ? west : 0.0f) + centre + (right[i] != 0.0f ? east : 0.0f);
-    if (mask != nullptr) value = static_cast<float>(mask[i]) > 0.0f ? value : 0.0f;
-    out[i] = static_cast<T>(value);
+    const float west = k[0] * (u ? a0 : 0.0f) + k[3] * src[i - 1] + k[6] * (d ? b0 : 0.0f);
+    const float centre = k[1] * (u ? a1 : 0.0f) + k[4] * src[i] + k[7] * (d ? b1 : 0.0f);
+    const float east = k[2] * (u ? a2 : 0.0f) + k[5] * src[i + 1] + k[8] * (d ? b2 : 0.0f);
+    const float value = (left[i] != 0.0f ? west : 0.0f) + centre + (right[i] != 0.0f ? east : 0.0f);
+    if constexpr (Masked) {
+      out[i] = static_cast<T>(static_cast<float>(mask[i]) > 0.0f ? value : 0.0f);
+    } else {
+      out[i] = static_cast<T>(value);
+    }
   }
 }
 
@@ -168,7 +175,7 @@ void forward_small(const T* x, const T* weight, T* y, const Items& items, bool r
       float k[9];
       for (int t = 0; t < 9; ++t) k[t] = static_cast<float>(weight[items.channel(item) * 9 + t]);
       load_run(x + items.offset(item), nb.length, run.data() + guard, relu);
-      correlate_run<T>(run.data() + guard, items.w, k, nb, y + items.offset(item), nullptr);
+      correlate_run<false>(run.data() + guard, items.w, k, nb, y + items.offset(item), x);
     }
   });
 }
@@ -188,21 +195,25 @@ void backward_small(const T* x, const T* weight, const T* dy, T* dx, float* shar
       for (int t = 0; t < 9; ++t) flipped[t] = static_cast<float>(weight[items.channel(item) * 9 + 8 - t]);
       float* g = run_dy.data() + guard;
       load_run(dy + offset, nb.length, g, false);
-      correlate_run<T>(g, w, flipped, nb, dx + offset, relu ? x + offset : nullptr);
+      if (relu) {
+        correlate_run<true>(g, w, flipped, nb, dx + offset, x + offset);
+      } else {
+        correlate_run<false>(g, w, flipped, nb, dx + offset, x + offset);
+      }
       const float* p = run_x.data() + guard;
       load_run(x + offset, nb.length, run_x.data() + guard, relu);
       const float *above = p - w, *below = p + w;
       float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
       for (int64_t i = 0; i < nb.length; ++i) {
-        const float gu = up[i] != 0.0f ? g[i] : 0.0f, gd = down[i] != 0.0f ? g[i] : 0.0f;
+        const float gi = g[i], gu = up[i] != 0.0f ? gi : 0.0f, gd = down[i] != 0.0f ? gi : 0.0f;
         const bool l = left[i] != 0.0f, r = right[i] != 0.0f;
         s0 += (l ? gu : 0.0f) * above[i - 1];
         s1 += gu * above[i];
         s2 += (r ? gu : 0.0f) * above[i + 1];
-        s3 += (l ? g[i] : 0.0f) * p[i - 1];
-        s4 += g[i] * p[i];
-        s5 += (r ? g[i] : 0.0f) * p[i + 1];
+        s3 += (l ? gi : 0.0f) * p[i - 1];
+        s4 += gi * p[i];
+        s5 += (r ? gi : 0.0f) * p[i + 1];
         s6 += (l ? gd : 0.0f) * below[i - 1];
         s7 += gd * below[i];
         s8 += (r ? gd : 0.0f) * below[i + 1];
