@@ -142,7 +142,7 @@ void load_run(const T* src, int64_t length, float* dst, bool relu) {
 }
 
 // out = the 3x3 correlation of a run (load_run) with k, neighbours outside a pixel's plane taken as
-// zero; Masked: zero where mask is not positive (a ReLU's backward).
+// zero; Masked: zero where mask is not positive (a ReLU's backward), else mask is not read.
 template <bool Masked, typename T>
 void correlate_run(const float* src, int64_t w, const float* k, const Neighbours& nb, T* out, const T* mask) {
   const float *above = src - w, *below = src + w;
@@ -175,7 +175,7 @@ void forward_small(const T* x, const T* weight, T* y, const Items& items, bool r
       float k[9];
       for (int t = 0; t < 9; ++t) k[t] = static_cast<float>(weight[items.channel(item) * 9 + t]);
       load_run(x + items.offset(item), nb.length, run.data() + guard, relu);
-      correlate_run<false>(run.data() + guard, items.w, k, nb, y + items.offset(item), x);
+      correlate_run<false, T>(run.data() + guard, items.w, k, nb, y + items.offset(item), nullptr);
     }
   });
 }
@@ -198,10 +198,10 @@ void backward_small(const T* x, const T* weight, const T* dy, T* dx, float* shar
       if (relu) {
         correlate_run<true>(g, w, flipped, nb, dx + offset, x + offset);
       } else {
-        correlate_run<false>(g, w, flipped, nb, dx + offset, x + offset);
+        correlate_run<false, T>(g, w, flipped, nb, dx + offset, nullptr);
       }
-      const float* p = run_x.data() + guard;
-      load_run(x + offset, nb.length, run_x.data() + guard, relu);
+      float* p = run_x.data() + guard;
+      load_run(x + offset, nb.length, p, relu);
       const float *above = p - w, *below = p + w;
       float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
