@@ -418,6 +418,7 @@ def environment() -> Dict[str, object]:
             return "not installed"
 
     from mindcv_xception.compiled_kernels import cpu_kernels
+    from mindcv_xception.onednn_isa import describe
 
     cpu = cpu_info()
     ms.set_context(device_target="CPU")
@@ -425,6 +426,7 @@ def environment() -> Dict[str, object]:
     return {
         "cpu": f"{cpu['model']} x{cpu['logical_cpus']}",
         "cpu_kernels": os.path.basename(kernels.library) if kernels else "none: im2col + matmul (no C++ compiler)",
+        "onednn": describe(),  # MindSpore's oneDNN, for every MindSpore network here (PyTorch's is its own)
         "cpu_vector_extensions": cpu["vector_extensions"],
         "avx2": cpu["avx2"],
         "avx512": cpu["avx512"],
@@ -663,7 +665,7 @@ def main() -> None:
     env = report["environment"]
     print(
         f"{env['cpu']}; vector extensions: {' '.join(env['cpu_vector_extensions']) or 'none'}; "
-        f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
+        f"MindSpore {env['mindspore']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}; {env['onednn']}; "
         f"timing {', '.join(networks)}",
         file=sys.stderr,
         flush=True,

@@ -1,7 +1,13 @@
 """mindcv-xception: the paper's Xception as a MindSpore / MindCV model plugin.
 
-Importing the package registers ``xception`` and ``xception_small`` in mindcv's model registry.
+Importing the package registers ``xception`` and ``xception_small`` in mindcv's model registry, and
+on CPU picks the instruction set of MindSpore's oneDNN convolutions for this machine (``onednn_isa``:
+before any other import of the package, since it must precede the process's first oneDNN kernel).
 """
+
+from .onednn_isa import apply_onednn_isa
+
+apply_onednn_isa()
 
 from .bn_folding import inference_network
 from .cpu_conv import set_matmul_convs

@@ -25,6 +25,7 @@ from .config import Config, resume_differences, run_settings, save_config
 from .distributed import Runtime, setup_runtime
 from .evaluation import Evaluator, copy_ema_into
 from .loading import CheckpointError, checkpoint_meta, load_state, load_weights, network_params, read_checkpoint
+from .onednn_isa import describe as describe_onednn
 from .preprocessing import PREPROCESSING_KEY
 from .preprocessing import from_config as preprocessing_from_config
 from .run_folder import RunLock, claim_for_new_run
@@ -318,6 +319,8 @@ def _train(cfg: Config, runtime: Runtime, run_dir: str) -> Dict[str, object]:
             cfg.overwrite,
         )
     lrs = scaled_lr(cfg, runtime.world)
+    if runtime.device == "CPU":
+        logger.info("CPU convolutions: %s", describe_onednn())
     logger.info(
         "Device %s, jit level %s, %d process(es); %d train / %d val images, %d classes, %d steps/epoch",
         runtime.device,
