@@ -7,10 +7,9 @@ ends in oneDNN's reference kernel: on an AMD EPYC (Zen 4) a 3x3 conv of the stem
 and mindcv's whole network 14x slower, than with oneDNN capped at AVX2, where the same convs run as
 im2col + a JIT GEMM (``gemm:jit``). That is why mindcv's network ran 8x faster on an AVX2-only Zen 3.
 Whether the cap helps depends on the CPU (an AVX-512 CPU whose oneDNN path works loses by it), so it
-is measured: on a CPU with AVX-512, the first import of ``mindcv_xception`` times a few convolutions
-(forward and both gradients: a 3x3, a depthwise and a 1x1 conv) in two child processes, one with
-oneDNN's default and one capped at AVX2, and caps this process if that is at least
-``1 / MARGIN`` faster. The result is cached per CPU model and flags, MindSpore and oneDNN version
+is measured: on a CPU with AVX-512, the first import of ``mindcv_xception`` times a 3x3, a depthwise
+and a 1x1 conv and a matmul (forward and both gradients) in two child processes, one with oneDNN's
+default and one capped at AVX2, and caps this process if that takes at most ``MARGIN`` of the time. The result is cached per CPU model and flags, MindSpore and oneDNN version
 in ``<cache>/onednn_isa/`` (``weights.cache_dir``), so later imports only read it.
 
 The cap is oneDNN's own (``dnnl_set_max_cpu_isa``): results are equal to float rounding, only the
@@ -116,7 +115,8 @@ def decide(seconds: Dict[str, Dict[str, float]]) -> str:
 
 
 def probe() -> Dict[str, float]:
-    """Seconds (median of 3) of forward + both gradients of a 3x3, a depthwise 3x3 and a 1x1 conv, in this process."""
+    """Seconds (median of 3) of forward + both gradients of a 3x3, a depthwise 3x3 and a 1x1 conv and of a
+    512 x 512 dense layer (a matmul), in this process."""
     import mindspore as ms
     import numpy as np
     from mindspore import nn, ops
@@ -125,14 +125,14 @@ def probe() -> Dict[str, float]:
     ms.set_device("CPU")
 
     class Gradients(nn.Cell):
-        def __init__(self, conv: nn.Cell) -> None:
+        def __init__(self, layer: nn.Cell) -> None:
             super().__init__()
-            self.conv = conv
-            self.weights = conv.trainable_params()
+            self.layer = layer
+            self.weights = layer.trainable_params()
             self.grad = ops.GradOperation(get_all=True, get_by_list=True)
 
         def construct(self, x):
-            return self.grad(self.conv, self.weights)(x)
+            return self.grad(self.layer, self.weights)(x)
 
     def seconds_of(cell: nn.Cell, x: ms.Tensor) -> float:
         def run() -> None:
@@ -157,12 +157,17 @@ def probe() -> Dict[str, float]:
     seconds = {}
     for name, (conv, shape) in convs.items():
         seconds[name] = seconds_of(Gradients(conv), ms.Tensor(rng.standard_normal(shape, dtype=np.float32)))
+    seconds["matmul"] = seconds_of(
+        Gradients(nn.Dense(512, 512)), ms.Tensor(rng.standard_normal((512, 512), np.float32))
+    )
     return seconds
 
 
 def _probe_in_child(candidate: str) -> Dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ONEDNN_ENVS}
     env[CHOICE_ENV] = candidate  # the child's import applies this candidate without measuring
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # importable even if not installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     code = "import json, mindcv_xception.onednn_isa as o; print('PROBE' + json.dumps(o.probe()))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     for line in result.stdout.splitlines():
@@ -224,7 +229,7 @@ def _choose(library: ctypes.CDLL) -> IsaChoice:
     total = {c: sum(record["seconds"][c].values()) for c in CANDIDATES}
     speed = total["default"] / max(total["AVX2"], 1e-9)
     verdict = "capped" if record["isa"] != "default" else "an AVX2 cap would run them"
-    return IsaChoice(record["isa"], f"{verdict}: its convs {speed:.1f}x as fast on this CPU, measured once in {path}")
+    return IsaChoice(record["isa"], f"{verdict}: its probe ops {speed:.1f}x as fast on this CPU, measured once in {path}")
 
 
 def apply_onednn_isa() -> IsaChoice:

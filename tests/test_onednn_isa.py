@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from helpers import run_script
 
+from helpers import run_script
 from mindcv_xception import onednn_isa
 from mindcv_xception.compiled_kernels import cpu_info
 
@@ -95,7 +95,7 @@ def test_the_measurement_runs_both_candidates_once_and_is_cached(tmp_path, monke
     path = onednn_isa.cache_path(str(tmp_path), onednn_isa.onednn_version(onednn_isa.onednn_library()))
     record = onednn_isa.measured_choice(path)
     assert set(record["seconds"]) == {"default", "AVX2"}
-    assert all(set(t) == {"conv3x3", "depthwise3x3", "conv1x1"} for t in record["seconds"].values())
+    assert all(set(t) == {"conv3x3", "depthwise3x3", "conv1x1", "matmul"} for t in record["seconds"].values())
     assert record["isa"] == onednn_isa.decide(record["seconds"])
 
     def measure_again(candidate):

@@ -87,6 +87,11 @@ def test_effective_lr_is_logged_with_the_scaling(trained):
     assert "lr 0.045 -> effective 0.01125" in out
 
 
+def test_the_cpu_convolutions_instruction_set_is_logged(trained):
+    _, out, _ = trained
+    assert re.search(r"CPU convolutions: oneDNN (capped at \w+|at its default instruction set) \(.+\)", out)
+
+
 @pytest.mark.slow
 def test_validate_with_only_the_checkpoint_reproduces_the_accuracy_training_reported(trained, data):
     run_dir, _, metrics = trained
