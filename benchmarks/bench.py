@@ -10,7 +10,9 @@ Every round times one step of every (case, network) pair in turn, so all network
 machine load; a case's figure is the median over the rounds after a warm-up step (the warm-up,
 which compiles the graph, is reported separately as compile time). A matrix-multiply ceiling is
 timed in the same rounds. Ours runs as used: ``inference_network`` (BatchNorm folded) for
-inference, the plain network for training.
+inference, the plain network for training. Every MindSpore network, mindcv's too, runs with the
+oneDNN instruction set that importing ``mindcv_xception`` chose for this CPU (``onednn_isa``; printed
+with the environment); PyTorch's own oneDNN is not touched.
 
     python benchmarks/bench.py                       # all cases, 5 rounds
     python benchmarks/bench.py --cases infer_299_b2 --rounds 3

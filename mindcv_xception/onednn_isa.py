@@ -9,8 +9,9 @@ im2col + a JIT GEMM (``gemm:jit``). That is why mindcv's network ran 8x faster o
 Whether the cap helps depends on the CPU (an AVX-512 CPU whose oneDNN path works loses by it), so it
 is measured: on a CPU with AVX-512, the first import of ``mindcv_xception`` times a 3x3, a depthwise
 and a 1x1 conv and a matmul (forward and both gradients) in two child processes, one with oneDNN's
-default and one capped at AVX2, and caps this process if that takes at most ``MARGIN`` of the time. The result is cached per CPU model and flags, MindSpore and oneDNN version
-in ``<cache>/onednn_isa/`` (``weights.cache_dir``), so later imports only read it.
+default and one capped at AVX2, and caps this process if that takes at most ``MARGIN`` of the time.
+The result is cached per CPU model and flags, MindSpore and oneDNN version in
+``<cache>/onednn_isa/`` (``weights.cache_dir``), so later imports only read it.
 
 The cap is oneDNN's own (``dnnl_set_max_cpu_isa``): results are equal to float rounding, only the
 kernels change. It must be set before the process runs its first oneDNN kernel, which is why it is
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -98,8 +100,6 @@ def cap_onednn(library: ctypes.CDLL, isa: str) -> bool:
 
 def cache_path(cache: str, onednn: str) -> str:
     """The cached choice for this CPU (model and flags), MindSpore version and oneDNN version."""
-    import hashlib
-
     import mindspore
 
     info = cpu_info()
@@ -190,12 +190,27 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _read_record(path: str) -> Optional[Dict[str, object]]:
+    """The measurement cached at ``path``; None if there is none or it is unreadable (then measured again)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if record["isa"] in CANDIDATES and all(record["seconds"][c] for c in CANDIDATES):
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    logger.warning("The cached oneDNN measurement %s is unreadable: measuring again", path)
+    return None
+
+
 def measured_choice(path: str) -> Dict[str, object]:
     """The cached measurement at ``path``, made now (both candidates, one after the other) if missing."""
     with _locked(path):
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
+        record = _read_record(path)
+        if record is not None:
+            return record
         logger.info("Timing oneDNN's convolutions with and without an AVX2 cap, once for this CPU (%s)", path)
         seconds = {candidate: _probe_in_child(candidate) for candidate in CANDIDATES}
         record = {"isa": decide(seconds), "seconds": seconds, "cpu": cpu_info()["model"]}
@@ -229,7 +244,8 @@ def _choose(library: ctypes.CDLL) -> IsaChoice:
     total = {c: sum(record["seconds"][c].values()) for c in CANDIDATES}
     speed = total["default"] / max(total["AVX2"], 1e-9)
     verdict = "capped" if record["isa"] != "default" else "an AVX2 cap would run them"
-    return IsaChoice(record["isa"], f"{verdict}: its probe ops {speed:.1f}x as fast on this CPU, measured once in {path}")
+    why = f"{verdict}: its probe ops {speed:.1f}x as fast on this CPU, measured once in {path}"
+    return IsaChoice(record["isa"], why)
 
 
 def apply_onednn_isa() -> IsaChoice:

@@ -105,6 +105,24 @@ def test_the_measurement_runs_both_candidates_once_and_is_cached(tmp_path, monke
     assert onednn_isa.measured_choice(path) == record
 
 
+def test_an_unreadable_cached_measurement_is_measured_again(tmp_path, monkeypatch):
+    path = str(tmp_path / "onednn_isa" / "isa-x.json")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        f.write('{"isa": "AVX2", "seco')  # cut short, as by a full disk
+    probed = []
+
+    def fake_probe(candidate):
+        probed.append(candidate)
+        return {"conv3x3": 1.0 if candidate == "default" else 0.5}
+
+    monkeypatch.setattr(onednn_isa, "_probe_in_child", fake_probe)
+    record = onednn_isa.measured_choice(path)
+    assert probed == ["default", "AVX2"] and record["isa"] == "AVX2"
+    with open(path) as f:
+        assert json.load(f) == record
+
+
 NATIVE_CONVS = """
 import json, sys
 import mindspore as ms, numpy as np
