@@ -191,15 +191,20 @@ def predictor(
             logger.info("Inference backend: ONNX Runtime %s (CPU), %s", onnxruntime.__version__, result.path)
             return result
     from .bn_folding import inference_network
+    from .onednn_isa import current_choice
 
+    device = ms.get_context("device_target")
+    choice = current_choice()
+    capped = device == "CPU" and choice is not None and choice.isa != "default"
     logger.info(
-        "Inference backend: MindSpore %s (%s)%s",
+        "Inference backend: MindSpore %s (%s%s)%s",
         ms.__version__,
-        ms.get_context("device_target"),
+        device,
+        f", oneDNN capped at {choice.isa}" if capped else "",
         ""
         if backend == "mindspore"
         else "; pip install onnxruntime for the faster CPU backend"
-        if ms.get_context("device_target") == "CPU"
+        if device == "CPU"
         else "",
     )
     return MindSporePredictor(inference_network(net))
