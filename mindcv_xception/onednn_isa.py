@@ -169,7 +169,7 @@ def _probe_in_child(candidate: str) -> Dict[str, float]:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # importable even if not installed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     code = "import json, mindcv_xception.onednn_isa as o; print('PROBE' + json.dumps(o.probe()))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     for line in result.stdout.splitlines():
         if line.startswith("PROBE"):
             return json.loads(line[len("PROBE") :])
