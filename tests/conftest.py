@@ -4,27 +4,34 @@ Helper functions shared by the tests are in helpers.py.
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import mindspore as ms
 import numpy as np
 import pytest
 
-import mindcv_xception  # noqa: F401  (registers the models)
-from helpers import sample_photos
+# Kernels, oneDNN measurements, exports and converted weights go to a per-session cache, never the user's;
+# subprocesses inherit it. Set before the package's import, which already reads it (its oneDNN choice).
+SESSION_CACHE = os.environ["MINDCV_XCEPTION_CACHE"] = tempfile.mkdtemp(prefix="mindcv_xception_tests_")
+
+import mindcv_xception  # noqa: E402, F401  (registers the models)
+from helpers import sample_photos  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")  # as setup_runtime does, so in-process validate() may set it again after kernels ran
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    """Exports and converted weights go to a per-session cache, never the user's (subprocesses inherit it)."""
-
+def _private_cache():
+    """The per-session cache above, removed at the end (tests that change the variable restore it)."""
     from mindcv_xception.weights import CACHE_ENV
 
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
+    assert os.environ[CACHE_ENV] == SESSION_CACHE
+    yield
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
