@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from helpers import run_script
+from helpers import REPO, run_script, script_env
 from mindcv_xception import onednn_isa
 from mindcv_xception.compiled_kernels import cpu_info
 
@@ -103,6 +105,21 @@ def test_the_measurement_runs_both_candidates_once_and_is_cached(tmp_path, monke
 
     monkeypatch.setattr(onednn_isa, "_probe_in_child", measure_again)
     assert onednn_isa.measured_choice(path) == record
+
+
+@needs_avx512
+def test_two_processes_importing_at_once_measure_once_and_agree(tmp_path):
+    env = script_env({"MINDCV_XCEPTION_CACHE": str(tmp_path), "ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": ""})
+    code = REPORT.format(before="")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(out.count("Timing oneDNN's convolutions") for out in outs) == 1, outs
+    choices = [next(line for line in out.splitlines() if line.startswith("CHOICE")) for out in outs]
+    assert choices[0] == choices[1]
 
 
 def test_an_unreadable_cached_measurement_is_measured_again(tmp_path, monkeypatch):
