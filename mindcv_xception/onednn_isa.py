@@ -191,9 +191,7 @@ def _locked(path: str) -> Iterator[None]:
 
 
 def _read_record(path: str) -> Optional[Dict[str, object]]:
-    """The measurement cached at ``path``; None if there is none or it is unreadable (then measured again)."""
-    if not os.path.exists(path):
-        return None
+    """The measurement cached at ``path``; None if there is none or it is unreadable."""
     try:
         with open(path) as f:
             record = json.load(f)
@@ -201,16 +199,20 @@ def _read_record(path: str) -> Optional[Dict[str, object]]:
             return record
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    logger.warning("The cached oneDNN measurement %s is unreadable: measuring again", path)
     return None
 
 
 def measured_choice(path: str) -> Dict[str, object]:
     """The cached measurement at ``path``, made now (both candidates, one after the other) if missing."""
+    record = _read_record(path)  # the usual case: read only, no lock file written (a read-only cache works)
+    if record is not None:
+        return record
     with _locked(path):
-        record = _read_record(path)
+        record = _read_record(path)  # another process may have measured while this one waited
         if record is not None:
             return record
+        if os.path.exists(path):
+            logger.warning("The cached oneDNN measurement %s is unreadable: measuring again", path)
         logger.info("Timing oneDNN's convolutions with and without an AVX2 cap, once for this CPU (%s)", path)
         seconds = {candidate: _probe_in_child(candidate) for candidate in CANDIDATES}
         record = {"isa": decide(seconds), "seconds": seconds, "cpu": cpu_info()["model"]}
