@@ -26,9 +26,19 @@ print("CHOICE", o.current_choice().isa)
 """
 
 
+def private_cache_env(cache) -> dict:
+    """A child's environment variables: its own cache, no oneDNN cap of the user's."""
+    return {"MINDCV_XCEPTION_CACHE": str(cache), "ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": ""}
+
+
+def record_path(cache) -> str:
+    """Where the measurement for this CPU, MindSpore and oneDNN is kept in ``cache``."""
+    return onednn_isa.cache_path(str(cache), onednn_isa.onednn_version(onednn_isa.onednn_library()))
+
+
 def report(tmp_path, before: str = "", **env):
     """Import the package in a fresh process with ``env`` (a private cache): its log, effective ISA and choice."""
-    env = {"MINDCV_XCEPTION_CACHE": str(tmp_path), "ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": "", **env}
+    env = {**private_cache_env(tmp_path), **env}
     code, out, err = run_script(["-c", REPORT.format(before=before)], env=env)
     assert code == 0, err[-2000:]
     lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("EFFECTIVE", "CHOICE")))
@@ -37,7 +47,7 @@ def report(tmp_path, before: str = "", **env):
 
 def cached_record(tmp_path, isa: str) -> None:
     """A measurement for this CPU in the cache at ``tmp_path`` saying ``isa`` won."""
-    path = onednn_isa.cache_path(str(tmp_path), onednn_isa.onednn_version(onednn_isa.onednn_library()))
+    path = record_path(tmp_path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     seconds = {"default": {"conv3x3": 1.0}, "AVX2": {"conv3x3": 0.1 if isa == "AVX2" else 1.0}}
     with open(path, "w") as f:
@@ -94,7 +104,7 @@ def test_an_unknown_choice_is_a_one_line_error(tmp_path):
 
 @needs_avx512
 def test_the_measurement_runs_both_candidates_once_and_is_cached(tmp_path, monkeypatch):
-    path = onednn_isa.cache_path(str(tmp_path), onednn_isa.onednn_version(onednn_isa.onednn_library()))
+    path = record_path(tmp_path)
     record = onednn_isa.measured_choice(path)
     assert set(record["seconds"]) == {"default", "AVX2"}
     assert all(set(t) == {"conv3x3", "depthwise3x3", "conv1x1", "matmul"} for t in record["seconds"].values())
@@ -109,7 +119,7 @@ def test_the_measurement_runs_both_candidates_once_and_is_cached(tmp_path, monke
 
 @needs_avx512
 def test_two_processes_importing_at_once_measure_once_and_agree(tmp_path):
-    env = script_env({"MINDCV_XCEPTION_CACHE": str(tmp_path), "ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": ""})
+    env = script_env(private_cache_env(tmp_path))
     code = REPORT.format(before="")
     procs = [
         subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
